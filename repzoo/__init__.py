@@ -1,0 +1,40 @@
+"""repzoo: a model zoo for structurally re-parameterized networks.
+
+>>> import repzoo
+>>> model = repzoo.create_model("RepVGG-A0", deploy=True)
+"""
+from .checkpoint import load_checkpoint, read_state_dict
+from .errors import (
+    CheckpointError,
+    ChecksumError,
+    IncompatibleCheckpointError,
+    RepZooError,
+    UnknownModelError,
+    UnsafeCheckpointError,
+    WeightsUnavailableError,
+)
+from .factory import create_model
+from .reparam import convert_state_dict, reparameterize
+from .registry import get_model_entry, list_models, model_info, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "model_info",
+    "get_model_entry",
+    "register_model",
+    "reparameterize",
+    "convert_state_dict",
+    "load_checkpoint",
+    "read_state_dict",
+    "RepZooError",
+    "UnknownModelError",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "IncompatibleCheckpointError",
+    "WeightsUnavailableError",
+    "ChecksumError",
+    "__version__",
+]

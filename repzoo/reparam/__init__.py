@@ -1,0 +1,25 @@
+"""Train-to-deploy conversion: the math (:mod:`.fuse`) and the machinery (:mod:`.base`)."""
+from .base import ReparamBlock, convert_state_dict, reparam_blocks, reparameterize
+from .fuse import (
+    bn_scale_shift,
+    fuse_bn,
+    fuse_conv_bn,
+    identity_kernel,
+    pad_kernel,
+    scale_kernel,
+    sum_branches,
+)
+
+__all__ = [
+    "ReparamBlock",
+    "reparameterize",
+    "convert_state_dict",
+    "reparam_blocks",
+    "bn_scale_shift",
+    "fuse_bn",
+    "fuse_conv_bn",
+    "identity_kernel",
+    "pad_kernel",
+    "scale_kernel",
+    "sum_branches",
+]
