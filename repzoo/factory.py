@@ -64,7 +64,7 @@ def create_model(
 
 def _pretrained_state_dict(name: str, tag: Optional[str], deploy: bool):
     try:
-        from .hub import load_pretrained_state_dict
+        from .weights import load_pretrained_state_dict
     except ImportError:
         raise WeightsUnavailableError(
             f"Pretrained weights for {name} are not available in this build of repzoo. Download the "

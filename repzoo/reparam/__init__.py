@@ -1,4 +1,7 @@
 """Train-to-deploy conversion: the math (:mod:`.fuse`) and the machinery (:mod:`.base`)."""
+
+#: Bumped whenever a conversion's output changes; the deploy cache is keyed by it.
+CONVERSION_VERSION = 1
 from .base import ReparamBlock, convert_state_dict, reparam_blocks, reparameterize
 from .fuse import (
     bn_scale_shift,
@@ -11,6 +14,7 @@ from .fuse import (
 )
 
 __all__ = [
+    "CONVERSION_VERSION",
     "ReparamBlock",
     "reparameterize",
     "convert_state_dict",
