@@ -9,6 +9,8 @@ stand-in — the only way a pickle runs code (``os.system``, ``eval``, …) — 
 """
 from __future__ import annotations
 
+import _compat_pickle
+import functools
 import pickle
 from typing import Any, Dict, Set
 
@@ -34,10 +36,19 @@ class _Inert(dict, metaclass=_InertMeta):
         raise TypeError("inert stand-ins cannot be pickled")
 
 
+@functools.lru_cache(maxsize=1)
 def _allowed() -> Dict[str, Any]:
     from torch._weights_only_unpickler import _get_allowed_globals
 
     return dict(_get_allowed_globals())
+
+
+def _python3_name(module: str, name: str) -> str:
+    """Protocol-2 pickles name Python 2 modules (``__builtin__.set``): map them as pickle does."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
 
 
 class Unpickler(pickle.Unpickler):
@@ -47,7 +58,7 @@ class Unpickler(pickle.Unpickler):
     replaced: Set[str] = set()
 
     def find_class(self, module: str, name: str) -> Any:
-        full = f"{module}.{name}"
+        full = _python3_name(module, name)
         allowed = _allowed()
         if full in allowed:
             return allowed[full]

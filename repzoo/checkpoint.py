@@ -189,8 +189,10 @@ def load_checkpoint(model: nn.Module, source: PathOrStateDict, *, allow_head_res
         if unexpected:
             lines.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
         if shapes:
-            lines.append("mismatched shapes: " + "; ".join(
-                f"{k}: checkpoint {list(sd[k].shape)} vs model {list(model_sd[k].shape)}" for k in sorted(shapes)[:5]))
+            in_order = [k for k in model_sd if k in shapes]  # the model's order: stem first
+            more = f" … and {len(in_order) - 5} more" if len(in_order) > 5 else ""
+            lines.append(f"mismatched shapes ({len(in_order)}): " + "; ".join(
+                f"{k}: checkpoint {list(sd[k].shape)} vs model {list(model_sd[k].shape)}" for k in in_order[:5]) + more)
         hint = ""
         if shapes and shapes <= set(getattr(model, "head_keys", lambda: [])()):
             hint = " Only the classifier differs: pass num_classes=N to create_model to reset it."
@@ -198,7 +200,7 @@ def load_checkpoint(model: nn.Module, source: PathOrStateDict, *, allow_head_res
             f"The checkpoint does not fit {type(model).__name__}"
             f" ({getattr(model, 'pretrained_cfg', {}).get('architecture', 'this model')}):\n  "
             + "\n  ".join(lines)
-            + f"\nIs it a checkpoint of another model?{hint}"
+            + f"\nIs it a checkpoint of another model? Check the model name against the file.{hint}"
         )
     if assign:  # adopt the tensors, in the model's dtypes (a no-op when they match)
         sd = {k: v.to(model_sd[k].dtype) for k, v in sd.items()}

@@ -14,9 +14,23 @@ __all__ = ["main"]
 def _cmd_list(args: argparse.Namespace) -> int:
     from .registry import list_models
 
-    for name in list_models(args.pattern, pretrained=args.pretrained):
-        print(name)
+    names = list_models(args.pattern, pretrained=args.pretrained)
+    print(model_table(names) if args.markdown else "\n".join(names))
     return 0
+
+
+def model_table(names: List[str]) -> str:
+    """The README's model table: name, alias, family, parameters of both forms, pretrained tags."""
+    from .registry import count_params, get_model_entry, pretrained_tags
+
+    rows = ["| model | alias | family | params (train) | params (deploy) | pretrained |",
+            "|---|---|---|---:|---:|---|"]
+    for name in names:
+        entry = get_model_entry(name)
+        tags = ", ".join(pretrained_tags(name)) or "-"
+        rows.append(f"| {name} | `{entry.alias}` | {entry.family} | {count_params(name, False) / 1e6:.2f}M "
+                    f"| {count_params(name, True) / 1e6:.2f}M | {tags} |")
+    return "\n".join(rows)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -42,17 +56,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     from .checkpoint import save_state_dict
     from .factory import create_model
+    from .reparam import conversion_error
 
-    train = create_model(args.name, checkpoint_path=args.checkpoint).eval()
-    deploy = create_model(args.name, checkpoint_path=args.checkpoint, deploy=True).eval()
-    size = train.pretrained_cfg["input_size"][1:]
-    x = torch.randn(2, train.in_chans, *size, dtype=torch.float64)
-    with torch.no_grad():
-        ref, out = train.double()(x), deploy.double()(x)
-    err = ((out - ref).norm() / ref.norm()).item()
+    train = create_model(args.name, checkpoint_path=args.checkpoint)
+    x = torch.randn(2, train.in_chans, *train.pretrained_cfg["input_size"][1:])
+    err = conversion_error(train, x)
     if not err < 1e-9:
         raise RepZooError(f"conversion check failed: relative difference {err:.3g} on a random batch")
-    save_state_dict(deploy.float().state_dict(), args.output)
+    deploy = create_model(args.name, checkpoint_path=args.checkpoint, deploy=True)
+    save_state_dict(deploy.state_dict(), args.output)
     print(f"verified on a random batch (float64 relative difference {err:.2e}); wrote {args.output}")
     return 0
 
@@ -71,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list model names")
     p.add_argument("pattern", nargs="?", help="shell-style wildcard, e.g. 'RepVGG-B*'")
     p.add_argument("--pretrained", action="store_true", help="only models with released weights")
+    p.add_argument("--markdown", action="store_true", help="a table with parameters and pretrained tags")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="what a model is")

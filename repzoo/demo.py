@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .factory import create_model
-from .reparam import reparameterize
+from .reparam import conversion_error, reparameterize
 
 __all__ = ["run_demo", "randomize_bn", "images_per_second"]
 
@@ -49,13 +49,7 @@ def run_demo(name: str = "RepVGG-A0", batch_size: int = 8, image_size: Optional[
     deploy = reparameterize(copy.deepcopy(train))
 
     # The proof runs in float64, converting a float64 copy: float32 rounding would hide a real error.
-    train64 = copy.deepcopy(train).double()
-    deploy64 = reparameterize(copy.deepcopy(train64))
-    x64 = torch.randn(2, train.in_chans, size, size, dtype=torch.float64)
-    with torch.no_grad():
-        ref, out = train64(x64), deploy64(x64)
-    rel = ((out - ref).norm() / ref.norm()).item()
-    del train64, deploy64
+    rel = conversion_error(train, torch.randn(2, train.in_chans, size, size))
     params = [sum(p.numel() for p in m.parameters()) for m in (train, deploy)]
     x = torch.randn(batch_size, train.in_chans, size, size)
     speed = [images_per_second(m, x) for m in (train, deploy)]

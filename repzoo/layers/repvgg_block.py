@@ -63,7 +63,7 @@ class RepVGGBlock(ReparamBlock):
         """``K = K3·t3 + pad(K1·t1) + Id·t_id``, ``b = Σ (β − μ·t)`` over the present branches."""
         branches = [fused_conv_bn(sd, "rbr_dense."), fused_conv_bn(sd, "rbr_1x1.")]
         if self.has_identity:
-            branches.append(fused_bn(sd, "rbr_identity.", self.in_channels, self.groups, 3))
+            branches.append(fused_bn(sd, "rbr_identity.", self.in_channels, self.groups, kernel_size=1))
         kernel, bias = sum_branches(branches, 3)
         dtype = sd["rbr_dense.conv.weight"].dtype
         out = {k: v for k, v in sd.items() if not k.startswith(("rbr_dense.", "rbr_1x1.", "rbr_identity."))}

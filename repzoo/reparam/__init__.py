@@ -2,7 +2,7 @@
 
 #: Bumped whenever a conversion's output changes; the deploy cache is keyed by it.
 CONVERSION_VERSION = 1
-from .base import ReparamBlock, convert_state_dict, reparam_blocks, reparameterize
+from .base import ReparamBlock, conversion_error, convert_state_dict, reparam_blocks, reparameterize
 from .fuse import (
     bn_scale_shift,
     fuse_bn,
@@ -19,6 +19,7 @@ __all__ = [
     "reparameterize",
     "convert_state_dict",
     "reparam_blocks",
+    "conversion_error",
     "bn_scale_shift",
     "fuse_bn",
     "fuse_conv_bn",

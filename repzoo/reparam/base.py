@@ -6,7 +6,7 @@ from typing import Dict, Iterator, Mapping, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ReparamBlock", "reparameterize", "convert_state_dict", "reparam_blocks"]
+__all__ = ["ReparamBlock", "reparameterize", "convert_state_dict", "reparam_blocks", "conversion_error"]
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -90,3 +90,15 @@ def convert_state_dict(model: nn.Module, train_sd: Mapping[str, torch.Tensor]) -
         if k not in consumed and not (drop and k.startswith(drop)):
             out[k] = v
     return out
+
+
+@torch.no_grad()
+def conversion_error(model: nn.Module, x: torch.Tensor) -> float:
+    """‖deploy(x) − train(x)‖ / ‖train(x)‖ in float64, on a converted float64 copy of ``model``."""
+    import copy
+
+    train = copy.deepcopy(model).double().eval()
+    x = x.double()
+    ref = train(x)
+    out = reparameterize(train)(x)
+    return ((out - ref).norm() / ref.norm()).item()

@@ -107,7 +107,16 @@ def scale_kernel(kernel: Tensor, scale: Tensor) -> Tensor:
 
 
 def sum_branches(branches: Iterable[KernelBias], kernel_size: int) -> KernelBias:
-    """Parallel branches added after the conv: ``K = Σ pad(K_i)``, ``b = Σ b_i``."""
+    """Parallel branches added after the conv: ``K = Σ pad(K_i)``, ``b = Σ b_i``.
+
+    Smaller (centred) kernels are added into the centre of the result instead of being
+    padded first: the same sum, without materializing the zero padding.
+    """
     kernels, biases = zip(*branches)
-    kernel = sum(pad_kernel(k, kernel_size) for k in kernels)
+    order = sorted(range(len(kernels)), key=lambda i: -kernels[i].shape[-1])
+    kernel = pad_kernel(kernels[order[0]], kernel_size)
+    for i in order[1:]:
+        k = kernels[i]
+        top, left = (kernel_size - k.shape[-2]) // 2, (kernel_size - k.shape[-1]) // 2
+        kernel[..., top:top + k.shape[-2], left:left + k.shape[-1]] += k.to(kernel.dtype)
     return kernel, sum(biases)

@@ -1,0 +1,103 @@
+"""The model contract (DESIGN.md): what timm users and the detection/segmentation necks rely on."""
+import pytest
+import torch
+
+import repzoo
+
+MODELS = ["RepVGG-A0", "RepVGG-B1g2", "RepVGGplus-L2pse"]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    torch.manual_seed(0)
+    return repzoo.create_model(request.param).eval()
+
+
+def test_forward_features_and_head(model):
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, model.num_features, 2, 3)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+        assert torch.equal(model.forward_head(feats), model(x))
+    assert model(x).shape == (2, 1000) and model.num_classes == 1000
+    assert model.get_classifier() is getattr(model, model.head_name)
+
+
+def test_pretrained_cfg(model):
+    cfg = model.pretrained_cfg
+    for key in ("input_size", "interpolation", "crop_pct", "mean", "std", "num_classes"):
+        assert key in cfg
+    assert cfg["num_classes"] == 1000 and cfg["mean"] == (0.485, 0.456, 0.406)
+
+
+def test_feature_info_matches_features_only(model):
+    name = model.pretrained_cfg["architecture"]
+    feats = repzoo.create_model(name, features_only=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outs = feats(x)
+    assert len(outs) == len(model.feature_info) == 5
+    for out, info in zip(outs, model.feature_info):
+        assert out.shape[1] == info["num_chs"] and 64 // out.shape[-1] == info["reduction"]
+    assert feats.feature_info.channels() == [i["num_chs"] for i in model.feature_info]
+
+
+def test_features_only_out_indices_and_deploy():
+    torch.manual_seed(0)
+    feats = repzoo.create_model("RepVGG-A0", features_only=True, out_indices=(2, 4), deploy=True).eval()
+    outs = feats(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [96, 1280]
+    assert feats.feature_info.reduction() == [8, 32]
+
+
+def test_features_only_then_reparameterize_is_exact(float64):
+    torch.manual_seed(0)
+    feats = repzoo.create_model("RepVGG-A0", features_only=True, out_indices=(1, 3)).eval()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        ref = feats(x)
+        repzoo.reparameterize(feats)
+        assert all(((a - b).norm() / b.norm()) < 1e-10 for a, b in zip(feats(x), ref))
+
+
+def test_reset_classifier():
+    model = repzoo.create_model("RepVGGplus-L2pse", num_classes=5)
+    model.reset_classifier(3)
+    assert model.num_classes == 3 and model.pretrained_cfg["num_classes"] == 3
+    model.eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    model.train()
+    assert model(torch.randn(2, 3, 32, 32))["stage2_aux"].shape == (2, 3)
+    model.reset_classifier(0)
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, model.num_features)
+
+
+def test_in_chans_and_drop_rate():
+    model = repzoo.create_model("RepVGG-A0", in_chans=1, drop_rate=0.5, num_classes=4)
+    assert model.in_chans == 1 and model.drop_rate == 0.5
+    model.train()
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 32, 32)
+    assert not torch.equal(model(x), model(x))  # dropout active in training
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_grad_checkpointing_gives_the_same_gradients(float64):
+    torch.manual_seed(0)
+    model = repzoo.create_model("RepVGG-A0", num_classes=3).train()
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing()
+    model(x).sum().backward()
+    assert all(torch.allclose(p.grad, ref[n], rtol=1e-10, atol=1e-12) for n, p in model.named_parameters())
+
+
+def test_timm_data_config_reads_pretrained_cfg():
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config(model=repzoo.create_model("RepVGG-D2se", num_classes=2))
+    assert cfg["input_size"] == (3, 320, 320) and cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear"

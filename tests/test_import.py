@@ -1,0 +1,14 @@
+"""``import repzoo`` stays light: none of the heavy libraries is imported with it."""
+import subprocess
+import sys
+
+HEAVY = ["timm", "torchvision", "huggingface_hub", "safetensors", "requests", "tqdm", "filelock"]
+
+
+def test_import_repzoo_imports_no_heavy_library():
+    code = (
+        "import sys, repzoo; repzoo.list_models(); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

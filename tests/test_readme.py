@@ -1,0 +1,39 @@
+"""The README is part of the product: its examples run and its model table is the registry's."""
+import re
+
+import pytest
+
+import repzoo
+from repzoo.cli import model_table
+
+from conftest import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+NOT_RUN = "<!-- not run: needs the network -->"
+
+
+def python_blocks():
+    blocks = re.findall(r"(<!-- [^>]*-->\n)?```python\n(.*?)```", README, flags=re.S)
+    return [code for marker, code in blocks if marker.strip() != NOT_RUN], sum(m.strip() == NOT_RUN for m, _ in blocks)
+
+
+def test_only_the_network_example_is_not_run():
+    runnable, skipped = python_blocks()
+    assert len(runnable) >= 2 and skipped == 1
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks()[0])))
+def test_readme_example_runs(index, capsys):
+    exec(compile(python_blocks()[0][index], f"README.md block {index}", "exec"), {})
+
+
+def test_readme_model_table_is_the_registry():
+    table = README.split("<!-- models:start -->\n")[1].split("<!-- models:end -->")[0].strip()
+    assert table == model_table(repzoo.list_models())
+
+
+def test_readme_set_up_commands_are_the_ci_command():
+    ci = (REPO_ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    bash_blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    assert bash_blocks[0].strip() == "python3 -m pip install -c constraints.txt -e . && repzoo demo"
+    assert bash_blocks[1].strip() == ci
