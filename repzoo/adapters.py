@@ -32,6 +32,9 @@ def register_key_adapter(key_style: str, family: str) -> Callable[[Adapter], Ada
 
 def key_styles(family: str) -> list:
     """The key styles a family can load (``official`` always)."""
+    from .registry import _ensure_registered
+
+    _ensure_registered()  # the family files register their adapters
     return ["official"] + sorted(style for style, fam in _ADAPTERS if fam == family)
 
 

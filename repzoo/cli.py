@@ -1,4 +1,4 @@
-"""The ``repzoo`` command: list, info, convert, demo."""
+"""The ``repzoo`` command: list, info, convert, demo, download, cache, predict."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     info = model_info(args.name)
     if args.json:
+        info["weights"] = _weights_report(info["name"])
         print(json.dumps(info, indent=2, default=str))
         return 0
     for key in ("name", "alias", "family", "paper"):
@@ -48,6 +49,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"{'eval':15s} input {cfg['input_size']}, {cfg['interpolation']}, crop_pct {cfg['crop_pct']}, "
           f"mean {cfg['mean']}, std {cfg['std']}")
     print(f"{'pretrained':15s} {', '.join(info['pretrained_tags']) or '-'}")
+    _print_weights(_weights_report(info["name"]))
     return 0
 
 
@@ -73,6 +75,156 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.name, batch_size=args.batch_size, image_size=args.image_size)
+    return 0
+
+
+def _weights_report(name: str) -> list:
+    """For `repzoo info`: every tag's files with sources, size, sha256 and cache state."""
+    from . import hub
+    from .manifest import load_manifest
+    from .registry import name_alias
+    from .weights import deploy_cache_entries
+
+    manifest = load_manifest()
+    if not manifest.tags(name):
+        return []
+    model = manifest.model(name)
+    deploy = deploy_cache_entries()
+    out = []
+    for w in model.weights:
+        files = []
+        for f in w.files:
+            path = hub.cache_path(f.file_name)
+            sources = [s.describe() for s in f.sources]
+            hf_cached = None
+            for s in f.sources:
+                if s.kind == "hf":
+                    try:
+                        from huggingface_hub import try_to_load_from_cache
+
+                        found = try_to_load_from_cache(s.location, s.filename, revision=s.revision)
+                        hf_cached = found if isinstance(found, str) else None
+                    except Exception:  # noqa: BLE001 - informational only
+                        hf_cached = None
+            files.append(dict(file_name=f.file_name, form=f.form, key_style=f.key_style, size=f.size,
+                              sha256=f.sha256, sources=sources, manual=[str(m) for m in f.manual],
+                              cached=str(path) if path.is_file() else None,
+                              recorded_sha256=hub.recorded_sha256(f.file_name), hf_cache=hf_cached))
+        prefix = f"{name_alias(model.name)}.{name_alias(w.tag)}-"
+        out.append(dict(tag=w.tag, top1=w.top1, eval=w.eval.as_pretrained_cfg(), license=w.license,
+                        paper=w.paper, note=w.note, files=files,
+                        deploy_cache=[str(e["path"]) for e in deploy if str(e["file_name"]).startswith(prefix)]))
+    return out
+
+
+def _print_weights(report: list) -> None:
+    for w in report:
+        top1 = f"top-1 {w['top1']}%" if w["top1"] is not None else "top-1 not published"
+        ev = w["eval"]
+        print(f"weights {w['tag']}: {top1}; eval {ev['input_size'][1]}px {ev['interpolation']} "
+              f"crop_pct {ev['crop_pct']}; license {w['license'] or 'not stated'}")
+        for i, f in enumerate(w["files"], 1):
+            size = f"{f['size']:,} bytes" if f["size"] else "size unknown"
+            print(f"  file {i}: {f['file_name']} ({f['form']} form, {f['key_style']} keys, {size})")
+            print(f"    sha256    {f['sha256'] or 'unknown (recorded at the first download)'}")
+            for s in f["sources"]:
+                print(f"    source    {s}")
+            for m in f["manual"]:
+                print(f"    by hand   {m}")
+            state = f"cached at {f['cached']}" if f["cached"] else "not cached"
+            if f["hf_cache"]:
+                state += f"; in the Hugging Face cache at {f['hf_cache']}"
+            print(f"    cache     {state}")
+            if f["recorded_sha256"]:
+                print(f"    recorded  sha256 {f['recorded_sha256']}")
+        for p in w["deploy_cache"]:
+            print(f"  deploy cache: {p}")
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .weights import download
+
+    path = download(args.name, tag=args.tag, deploy=args.deploy, progress=False if args.quiet else None)
+    print(path)
+    return 0
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""  # pragma: no cover
+
+
+def _cmd_cache_ls(args: argparse.Namespace) -> int:
+    from .hub import cache_dir, cache_entries
+    from .weights import deploy_cache_entries
+
+    files, deploy = cache_entries(), deploy_cache_entries()
+    print(f"repzoo cache: {cache_dir()}")
+    for e in files:
+        print(f"  {e['file_name']}  {_human(int(e['size']))}  sha256 {e['sha256'] or 'not recorded'}")
+    for e in deploy:
+        print(f"  deploy/{e['file_name']}  {_human(int(e['size']))}  "
+              f"(deploy form of {e['model']} {e['tag']}, from {e['source_file']})")
+    total = sum(int(e["size"]) for e in files + deploy)
+    print(f"{len(files)} files, {len(deploy)} deploy files, {_human(total)}")
+    return 0
+
+
+def _cmd_cache_rm(args: argparse.Namespace) -> int:
+    from .hub import remove_cached
+    from .manifest import load_manifest
+    from .weights import deploy_cache_entries, remove_deploy_cached
+
+    target, removed = args.target, []
+    manifest = load_manifest()
+    if manifest.tags(target):  # a model name: every file of every tag, and its deploy files
+        model = manifest.model(target)
+        for w in model.weights:
+            removed += [f.file_name for f in w.files if remove_cached(f.file_name)]
+        removed += [str(e["file_name"]) for e in deploy_cache_entries()
+                    if e["model"] == model.name and remove_deploy_cached(str(e["file_name"]))]
+    elif target.startswith("deploy/") or any(e["file_name"] == target for e in deploy_cache_entries()):
+        name = target[len("deploy/"):] if target.startswith("deploy/") else target
+        removed += [name] if remove_deploy_cached(name) else []
+    elif remove_cached(target):
+        removed.append(target)
+    if not removed:
+        print(f"repzoo: nothing cached for {target!r} (see `repzoo cache ls`)", file=sys.stderr)
+        return 1
+    for name in removed:
+        print(f"removed {name}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .factory import create_model
+
+    try:
+        from PIL import Image
+        from timm.data import ImageNetInfo, create_transform, resolve_data_config
+    except ImportError as err:  # pragma: no cover - declared dependencies
+        raise RepZooError(f"`repzoo predict` needs Pillow and timm ({err}); pip install timm pillow") from None
+    model = create_model(args.model, pretrained=True, deploy=True, tag=args.tag).eval()
+    transform = create_transform(**resolve_data_config(model=model))
+    names = ImageNetInfo() if model.num_classes == 1000 else None
+    for path in args.images:
+        try:
+            with Image.open(path) as img:
+                x = transform(img.convert("RGB")).unsqueeze(0)
+        except OSError as err:
+            raise RepZooError(f"Cannot read image {path!r} ({err}). Pass JPEG/PNG files.") from None
+        with torch.no_grad():
+            probs = model(x).softmax(-1)[0]
+        top = probs.topk(min(args.top_k, probs.numel()))
+        print(f"{path}:")
+        for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
+            label = names.index_to_description(i) if names else f"class {i}"
+            print(f"  {rank}. {p:.4f}  {label}  [{i}]")
     return 0
 
 
@@ -102,6 +254,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=None)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("download", help="fetch and verify a model's released weights (and convert with --deploy)")
+    p.add_argument("name")
+    p.add_argument("--tag", default=None, help="pretrained tag (default: the first, see `repzoo info NAME`)")
+    p.add_argument("--deploy", action="store_true", help="also convert once and keep the deploy weights")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("cache", help="list or remove cached weights")
+    cache = p.add_subparsers(dest="cache_command", required=True)
+    c = cache.add_parser("ls", help="list the cached files and deploy files")
+    c.set_defaults(func=_cmd_cache_ls)
+    c = cache.add_parser("rm", help="remove a model's files, a file, or a deploy file")
+    c.add_argument("target", metavar="NAME_OR_FILE")
+    c.set_defaults(func=_cmd_cache_rm)
+
+    p = sub.add_parser("predict", help="classify images with a pretrained model (deploy form)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", required=True)
+    p.add_argument("--tag", default=None)
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

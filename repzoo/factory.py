@@ -57,6 +57,8 @@ def create_model(
             model = entry.builder(deploy=deploy, **kwargs)
         load_checkpoint(model, state, allow_head_reset=num_classes is not None, assign=True)
         materialize(model)
+        if pretrained:
+            _apply_pretrained_cfg(model, entry.name, tag)
     if features_only:
         model = features(model, out_indices)
     return model
@@ -71,6 +73,15 @@ def _pretrained_state_dict(name: str, tag: Optional[str], deploy: bool):
             "authors' file by hand and pass checkpoint_path=... instead."
         ) from None
     return load_pretrained_state_dict(name, tag=tag, deploy=deploy)
+
+
+def _apply_pretrained_cfg(model: nn.Module, name: str, tag: Optional[str]) -> None:
+    """The manifest's evaluation config (input size, crop_pct, interpolation, mean, std, tag) for these weights."""
+    from .weights import pretrained_cfg
+
+    cfg = dict(getattr(model, "pretrained_cfg", {}))
+    cfg.update(pretrained_cfg(name, tag), num_classes=getattr(model, "num_classes", cfg.get("num_classes")))
+    model.pretrained_cfg = cfg
 
 
 def materialize(model: nn.Module, device: Union[str, torch.device] = "cpu") -> nn.Module:
@@ -92,4 +103,6 @@ def features(model: nn.Module, out_indices: Optional[Sequence[int]] = None) -> n
 
     n = len(model.feature_info)
     indices = tuple(range(n)) if out_indices is None else tuple(i % n for i in out_indices)
-    return FeatureListNet(model, out_indices=indices)
+    # Families whose stages sit one level down (GhostNet's ``blocks.N``) ask timm to flatten.
+    flatten = getattr(model, "feature_flatten_sequential", False)
+    return FeatureListNet(model, out_indices=indices, flatten_sequential=flatten)

@@ -5,11 +5,13 @@ Keys, widths and grouping follow DingXiaoH/RepVGG so that the released
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..adapters import register_key_adapter
+from ..errors import IncompatibleCheckpointError
 from ..layers.repvgg_block import RepVGGBlock
 from ..registry import register_model
 from .base import RepClassifier
@@ -177,3 +179,50 @@ def repvgg_b3g4(**kwargs) -> RepVGG:
 def repvgg_d2se(**kwargs) -> RepVGG:
     """RepVGG-D2se (SE before the ReLU): 120.39M deploy params, 83.55% top-1 at 320."""
     return _create("RepVGG-D2se", **kwargs)
+
+
+# ----------------------------------------------------------------------------- timm re-hosts
+# timm's ``repvgg_*`` (timm/models/byobnet.py; weights on the Hub as ``timm/repvgg_a0.rvgg_in1k`` …)
+# hold the same tensors under other module names. The mapping is one-to-one, module by module:
+#   stem.*                  -> stage0.*            stages.{s}.{i}.*       -> stage{s+1}.{i}.*
+#   .conv_kxk.{conv,bn}.*   -> .rbr_dense.{conv,bn}.*
+#   .conv_1x1.{conv,bn}.*   -> .rbr_1x1.{conv,bn}.*
+#   .identity.*             -> .rbr_identity.*     .reparam_conv.*        -> .rbr_reparam.*  (deploy form)
+#   .attn.fc1.* / .attn.fc2.* -> .se.down.* / .se.up.*   (RepVGG-D2se's SE, before the ReLU)
+#   head.fc.*               -> linear.*
+_TIMM_BLOCK = (("conv_kxk.", "rbr_dense."), ("conv_1x1.", "rbr_1x1."), ("identity.", "rbr_identity."),
+               ("reparam_conv.", "rbr_reparam."), ("attn.fc1.", "se.down."), ("attn.fc2.", "se.up."))
+
+
+def _timm_key(key: str) -> str:
+    if key.startswith("head.fc."):
+        return "linear." + key[len("head.fc."):]
+    if key.startswith("stem."):
+        prefix, rest = "stage0.", key[len("stem."):]
+    elif key.startswith("stages."):
+        _, s, i, rest = key.split(".", 3)
+        prefix = f"stage{int(s) + 1}.{int(i)}."
+    else:
+        raise KeyError(key)
+    for old, new in _TIMM_BLOCK:
+        if rest.startswith(old):
+            return prefix + new + rest[len(old):]
+    raise KeyError(key)
+
+
+@register_key_adapter("timm", FAMILY)
+def timm_to_official(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A timm ``repvgg_*`` state dict with DingXiaoH/RepVGG's key names (see the table above)."""
+    out: Dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        try:
+            out[_timm_key(key)] = value
+        except (KeyError, ValueError):
+            unknown.append(key)
+    if unknown:
+        raise IncompatibleCheckpointError(
+            f"{len(unknown)} keys are not those of a timm repvgg_* model (e.g. {', '.join(unknown[:5])}); "
+            "is this a checkpoint of another model? Load it with its own key_style."
+        )
+    return out
