@@ -1,7 +1,10 @@
 """The model families; importing this package registers every variant."""
 from . import repvgg, repvggplus  # noqa: F401
+from . import repghost, repopt_vgg  # noqa: F401
 from .base import RepClassifier
 from .repvgg import RepVGG
 from .repvggplus import RepVGGplus
+from .repghost import RepGhostNet
+from .repopt_vgg import RepOptVGG
 
-__all__ = ["RepClassifier", "RepVGG", "RepVGGplus"]
+__all__ = ["RepClassifier", "RepVGG", "RepVGGplus", "RepOptVGG", "RepGhostNet"]

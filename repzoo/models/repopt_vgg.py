@@ -1,0 +1,213 @@
+"""RepOpt-VGG: Re-parameterizing Your Optimizers rather than Architectures (Ding et al., ICLR 2023).
+
+Keys follow DingXiaoH/RepOptimizers (``repoptimizer/repoptvgg_model.py``) so that the
+released ``RepOpt-VGG-*`` files and scale files load as they are. Four forms per
+architecture:
+
+* ``RepOpt-VGG-B1`` — the target model, plain conv-BN-ReLU blocks, trained with a
+  RepOptimizer (:mod:`repzoo.optim`);
+* ``RepOpt-VGG-B1-hs`` — Hyper-Search: linear-add blocks with trainable scales;
+* ``RepOpt-VGG-B1-csla`` — the same blocks with ``scale_conv`` / ``scale_1x1`` loaded from a
+  scale file (``scales=``) and frozen, ``scale_identity`` trainable;
+* ``RepOpt-VGG-B1-repvgg`` — RepOptimizers' RepVGG-form baseline (its own key names).
+
+Every form converts to the same deploy model: one 3x3 conv with bias per block
+(``stage0.conv.weight/bias``, ``stage{s}.{i}.conv.weight/bias``), ReLU, ``linear``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..layers.repopt import (
+    LinearAddBlock,
+    RepOptRepVGGBlock,
+    RepOptVGGBlock,
+    ScalesSource,
+    fetch_default_scales,
+    hs_scale_init,
+    load_scales_into,
+)
+from ..registry import register_model
+from .base import RepClassifier
+from .repvgg import stage_widths
+
+__all__ = ["RepOptVGG", "MODES"]
+
+PAPER = "https://arxiv.org/abs/2205.15242"
+FAMILY = "RepOpt-VGG"
+MODES = ("target", "hs", "csla", "repvgg")
+
+B_BLOCKS, L_BLOCKS = (4, 6, 16, 1), (8, 14, 24, 1)
+
+#: architecture -> (num_blocks, width_multiplier); every form of it shares the row.
+ARCHS: Dict[str, dict] = {
+    "RepOpt-VGG-B1": dict(num_blocks=B_BLOCKS, width_multiplier=(2, 2, 2, 4)),
+    "RepOpt-VGG-B2": dict(num_blocks=B_BLOCKS, width_multiplier=(2.5, 2.5, 2.5, 5)),
+    "RepOpt-VGG-L1": dict(num_blocks=L_BLOCKS, width_multiplier=(2, 2, 2, 4)),
+    "RepOpt-VGG-L2": dict(num_blocks=L_BLOCKS, width_multiplier=(2.5, 2.5, 2.5, 5)),
+}
+
+# RepOpt-VGG's evaluation: Resize(224) then CenterCrop(224), bilinear.
+_EVAL_CFG = dict(interpolation="bilinear", crop_pct=1.0)
+
+
+def _block(mode: str, in_ch: int, out_ch: int, stride: int, index: int, deploy: bool) -> nn.Module:
+    if mode == "target":
+        return RepOptVGGBlock(in_ch, out_ch, stride, deploy=deploy)
+    if mode == "repvgg":
+        return RepOptRepVGGBlock(in_ch, out_ch, stride, deploy=deploy)
+    return LinearAddBlock(in_ch, out_ch, stride, scale_init=hs_scale_init(index), csla=mode == "csla", deploy=deploy)
+
+
+class RepOptVGG(RepClassifier):
+    """RepOpt-VGG: ``stage0`` (one block), ``stage1..4`` (``nn.Sequential``), ``gap``, ``linear``.
+
+    ``mode``: ``'target'``, ``'hs'``, ``'csla'`` or ``'repvgg'`` (see the module docstring).
+    Strides are 2 in every stage; no SE, no groups (as ``main_repopt.py`` builds them).
+    """
+
+    def __init__(self, num_blocks: Sequence[int], width_multiplier: Sequence[float], mode: str = "target",
+                 num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, deploy: bool = False):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        widths = stage_widths(width_multiplier)
+        self.mode = mode
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.stage0 = _block(mode, in_chans, widths[0], 2, 0, deploy)
+        self.feature_info = [dict(num_chs=widths[0], reduction=2, module="stage0")]
+        in_ch = widths[0]
+        for s, (n, out_ch) in enumerate(zip(num_blocks, widths[1:]), start=1):
+            blocks = []
+            for i in range(n):
+                blocks.append(_block(mode, in_ch, out_ch, 2 if i == 0 else 1, i, deploy))
+                in_ch = out_ch
+            self.add_module(f"stage{s}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
+        self.num_features = widths[-1]
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.linear = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._run(self.stage0, x)
+        for stage in (self.stage1, self.stage2, self.stage3, self.stage4):
+            for block in stage:
+                x = self._run(block, x)
+        return x
+
+
+def _create(arch: str, mode: str, scales: Optional[ScalesSource] = None, **kwargs) -> RepOptVGG:
+    if scales is not None and mode != "csla":
+        raise TypeError(f"scales= is for the -csla models, not {arch} in mode {mode!r}")
+    model = RepOptVGG(**ARCHS[arch], mode=mode, **kwargs)
+    # A csla model gets its constant scales now, unless it is a deploy model (no scales left) or
+    # is being built on the meta device, where a checkpoint is about to supply every tensor.
+    if mode == "csla" and not kwargs.get("deploy", False) and torch.get_default_device().type != "meta":
+        load_scales_into(model, fetch_default_scales(arch) if scales is None else scales)
+    return model
+
+
+def _register(arch: str, mode: str):
+    name = arch if mode == "target" else f"{arch}-{mode}"
+    config = dict(ARCHS[arch], mode=mode)
+    return register_model(name, family=FAMILY, paper=PAPER, config=config, default_cfg=_EVAL_CFG)
+
+
+@_register("RepOpt-VGG-B1", "target")
+def repopt_vgg_b1(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-B1 (target, train with a RepOptimizer): 51.84M params, 78.62% top-1."""
+    return _create("RepOpt-VGG-B1", "target", **kwargs)
+
+
+@_register("RepOpt-VGG-B1", "hs")
+def repopt_vgg_b1_hs(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-B1 Hyper-Search model (trainable scales; the reference trains it on CIFAR-100)."""
+    return _create("RepOpt-VGG-B1", "hs", **kwargs)
+
+
+@_register("RepOpt-VGG-B1", "csla")
+def repopt_vgg_b1_csla(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-B1 CSLA model (constant scales from ``scales=``, default: the released B1 file)."""
+    return _create("RepOpt-VGG-B1", "csla", **kwargs)
+
+
+@_register("RepOpt-VGG-B1", "repvgg")
+def repopt_vgg_b1_repvgg(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-B1 in RepVGG form (the RepOptimizers baseline)."""
+    return _create("RepOpt-VGG-B1", "repvgg", **kwargs)
+
+
+@_register("RepOpt-VGG-B2", "target")
+def repopt_vgg_b2(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-B2 (target): 80.33M params, 79.68% top-1."""
+    return _create("RepOpt-VGG-B2", "target", **kwargs)
+
+
+@_register("RepOpt-VGG-B2", "hs")
+def repopt_vgg_b2_hs(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-B2 Hyper-Search model."""
+    return _create("RepOpt-VGG-B2", "hs", **kwargs)
+
+
+@_register("RepOpt-VGG-B2", "csla")
+def repopt_vgg_b2_csla(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-B2 CSLA model (default scales: the released B2 file)."""
+    return _create("RepOpt-VGG-B2", "csla", **kwargs)
+
+
+@_register("RepOpt-VGG-B2", "repvgg")
+def repopt_vgg_b2_repvgg(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-B2 in RepVGG form."""
+    return _create("RepOpt-VGG-B2", "repvgg", **kwargs)
+
+
+@_register("RepOpt-VGG-L1", "target")
+def repopt_vgg_l1(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-L1 (target): 76.04M params, 79.82% top-1."""
+    return _create("RepOpt-VGG-L1", "target", **kwargs)
+
+
+@_register("RepOpt-VGG-L1", "hs")
+def repopt_vgg_l1_hs(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-L1 Hyper-Search model."""
+    return _create("RepOpt-VGG-L1", "hs", **kwargs)
+
+
+@_register("RepOpt-VGG-L1", "csla")
+def repopt_vgg_l1_csla(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-L1 CSLA model (default scales: the released L1 file)."""
+    return _create("RepOpt-VGG-L1", "csla", **kwargs)
+
+
+@_register("RepOpt-VGG-L1", "repvgg")
+def repopt_vgg_l1_repvgg(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-L1 in RepVGG form."""
+    return _create("RepOpt-VGG-L1", "repvgg", **kwargs)
+
+
+@_register("RepOpt-VGG-L2", "target")
+def repopt_vgg_l2(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-L2 (target): 118.13M params, 80.47% top-1."""
+    return _create("RepOpt-VGG-L2", "target", **kwargs)
+
+
+@_register("RepOpt-VGG-L2", "hs")
+def repopt_vgg_l2_hs(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-L2 Hyper-Search model."""
+    return _create("RepOpt-VGG-L2", "hs", **kwargs)
+
+
+@_register("RepOpt-VGG-L2", "csla")
+def repopt_vgg_l2_csla(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-L2 CSLA model (default scales: the released L2 file)."""
+    return _create("RepOpt-VGG-L2", "csla", **kwargs)
+
+
+@_register("RepOpt-VGG-L2", "repvgg")
+def repopt_vgg_l2_repvgg(**kwargs) -> RepOptVGG:
+    """RepOpt-VGG-L2 in RepVGG form."""
+    return _create("RepOpt-VGG-L2", "repvgg", **kwargs)
