@@ -38,3 +38,12 @@ __all__ = [
     "ChecksumError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """``repzoo.optim`` is imported on first use, so that ``import repzoo`` stays light."""
+    if name == "optim":
+        import importlib
+
+        return importlib.import_module(".optim", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,176 @@
+"""RepOptimizer benchmarks (not tests).
+
+1. ``step``: one optimizer step on RepOpt-VGG-B1's parameters (random gradients):
+   repzoo's RepOptimizerSGD (multipliers from the released B1 scales, momentum 0.9,
+   nesterov, weight decay 4e-5 in the reference grouping) vs ``torch.optim.SGD`` with the
+   same hyper-parameters and groups, ``foreach=True`` (and ``fused=True`` where it exists).
+2. ``train``: a full training step (forward, backward, optimizer step) of RepOpt-VGG-B1
+   (target + RepOptimizerSGD) vs RepVGG-B1 in its train-time form + torch SGD: images/s and
+   peak memory (CUDA: ``max_memory_allocated``; CPU: the peak RSS of a fresh subprocess).
+
+    python benchmarks/bench_repopt.py                                  # CPU, batch 8, 224²
+    python benchmarks/bench_repopt.py --device cuda --bf16 --channels-last --batch-size 128
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import repzoo  # noqa: E402
+from repzoo.optim import create_repoptimizer, weight_decay_groups  # noqa: E402
+
+SCALES = Path(__file__).resolve().parents[2] / "shared" / "repopt_scales" / "RepOpt-VGG-B1-scales.pth"
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _scales(args):
+    return args.scales if args.scales else (SCALES if SCALES.is_file() else "RepOpt-VGG-B1")
+
+
+def _time(fn, device, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_step(args):
+    device = torch.device(args.device)
+    results = {}
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True)
+    model = repzoo.create_model("RepOpt-VGG-B1").to(device)
+    grads = [torch.randn_like(p) * 1e-3 for p in model.parameters()]
+
+    def with_grads(opt):
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+        return opt.step
+
+    ours = create_repoptimizer(model, _scales(args), "sgd", reinit=False, weight_decay=4e-5, fused=False, **kw)
+    results["repzoo_foreach_ms"] = 1e3 * _time(with_grads(ours), device, args.warmup, args.iters)
+    ours = create_repoptimizer(model, _scales(args), "sgd", reinit=False, weight_decay=4e-5, fused=None, **kw)
+    results["repzoo_ms"] = 1e3 * _time(with_grads(ours), device, args.warmup, args.iters)
+    ref = torch.optim.SGD(weight_decay_groups(model, 4e-5), foreach=True, **kw)
+    results["torch_foreach_ms"] = 1e3 * _time(with_grads(ref), device, args.warmup, args.iters)
+    try:
+        ref = torch.optim.SGD(weight_decay_groups(model, 4e-5), fused=True, **kw)
+        results["torch_fused_ms"] = 1e3 * _time(with_grads(ref), device, args.warmup, args.iters)
+    except RuntimeError:
+        pass
+    results["ratio_vs_torch_foreach"] = results["repzoo_ms"] / results["torch_foreach_ms"]
+    if "torch_fused_ms" in results:
+        results["ratio_vs_torch_fused"] = results["repzoo_ms"] / results["torch_fused_ms"]
+    return results
+
+
+def _train_one(args, which):
+    """Images/s and peak memory of one configuration ('repopt' or 'repvgg'), in this process."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    if which == "repopt":
+        model = repzoo.create_model("RepOpt-VGG-B1").to(device)
+    else:
+        model = repzoo.create_model("RepVGG-B1").to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True)
+    if which == "repopt":
+        opt = create_repoptimizer(model, _scales(args), "sgd", weight_decay=4e-5, **kw)
+    else:
+        opt = torch.optim.SGD(weight_decay_groups(model, 4e-5), foreach=True, **kw)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (args.batch_size,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = _time(step, device, args.train_warmup, args.train_iters)
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return dict(images_per_s=args.batch_size / seconds, peak_mem_mib=peak / 2 ** 20)
+
+
+def bench_train(args):
+    out = {}
+    for which in ("repopt", "repvgg"):
+        if torch.device(args.device).type == "cuda":
+            out[which] = _train_one(args, which)
+            torch.cuda.empty_cache()
+        else:  # a fresh process each, so that the peak RSS is this configuration's own
+            cmd = [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size),
+                   "--img-size", str(args.img_size), "--train-iters", str(args.train_iters),
+                   "--train-warmup", str(args.train_warmup), "--only", f"_train_{which}"]
+            cmd += (["--bf16"] if args.bf16 else []) + (["--channels-last"] if args.channels_last else [])
+            cmd += ["--scales", str(args.scales)] if args.scales else []
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out[which] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["throughput_ratio_repopt_vs_repvgg"] = out["repopt"]["images_per_s"] / out["repvgg"]["images_per_s"]
+    out["memory_ratio_repopt_vs_repvgg"] = out["repopt"]["peak_mem_mib"] / out["repvgg"]["peak_mem_mib"]
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the training step")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--iters", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--train-iters", type=int, default=5)
+    parser.add_argument("--train-warmup", type=int, default=2)
+    parser.add_argument("--scales", default=None, help="B1 scale file (default: ../shared/repopt_scales, else the hub)")
+    parser.add_argument("--only", default="all", choices=["all", "step", "train", "_train_repopt", "_train_repvgg"])
+    args = parser.parse_args(argv)
+    if args.only.startswith("_train_"):
+        print(json.dumps(_train_one(args, args.only[len("_train_"):])))
+        return
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    info = dict(device=str(args.device), torch=torch.__version__, batch_size=args.batch_size, img_size=args.img_size,
+                bf16=args.bf16, channels_last=args.channels_last)
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    results = dict(config=info)
+    if args.only in ("all", "step"):
+        results["optimizer_step"] = bench_step(args)
+        print(json.dumps(results["optimizer_step"], indent=1), flush=True)
+    if args.only in ("all", "train"):
+        results["train_step"] = bench_train(args)
+        print(json.dumps(results["train_step"], indent=1), flush=True)
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

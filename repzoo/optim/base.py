@@ -1,0 +1,73 @@
+"""What the RepOptimizers share: multipliers kept in the optimizer state, and buckets for foreach ops."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch.optim import Optimizer
+
+__all__ = ["RepOptimizer"]
+
+GradMults = Union[Mapping[torch.Tensor, torch.Tensor], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
+
+
+class RepOptimizer(Optimizer):
+    """A ``torch.optim.Optimizer`` whose gradients are multiplied elementwise by fixed multipliers.
+
+    The multiplier of a parameter lives in ``optimizer.state[p]["grad_mult"]``, so
+    ``state_dict()`` / ``load_state_dict()`` carry it and a resumed run is exact. It follows the
+    parameter's dtype and device, also after ``model.to(...)``. Parameters without a multiplier
+    get the plain update.
+
+    Do not clip gradients between ``backward()`` and ``step()``: clipping rescales the
+    gradient of the target model, which the CSLA model it stands for never sees, and the
+    equivalence is lost (``docs/repoptimizer.md``).
+    """
+
+    def __init__(self, params, defaults: dict, grad_mults: Optional[GradMults] = None):
+        super().__init__(params, defaults)
+        if grad_mults is not None:
+            self.set_grad_mults(grad_mults)
+
+    # -- multipliers ---------------------------------------------------------------------
+    def set_grad_mults(self, grad_mults: GradMults) -> None:
+        """Attach ``{parameter: multiplier}`` (a multiplier has the parameter's shape)."""
+        items = grad_mults.items() if isinstance(grad_mults, Mapping) else grad_mults
+        own = {id(p) for g in self.param_groups for p in g["params"]}
+        for p, mult in items:
+            if id(p) not in own:
+                raise ValueError("a grad multiplier is keyed by a parameter this optimizer does not update; "
+                                 "pass the model's parameters (or param groups) that hold it")
+            if mult.shape != p.shape:
+                raise ValueError(f"a grad multiplier of shape {tuple(mult.shape)} for a parameter of shape "
+                                 f"{tuple(p.shape)}")
+            # empty_like keeps the parameter's memory format (channels_last kernels stay channels_last)
+            self.state[p]["grad_mult"] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(mult.detach())
+
+    def grad_mult(self, p: torch.Tensor) -> Optional[torch.Tensor]:
+        return self.state[p].get("grad_mult") if p in self.state else None
+
+    @staticmethod
+    def _follow(p: torch.Tensor, state: Dict[str, object]) -> None:
+        """Move the floating state of ``p`` to its device and dtype (after ``model.to(...)``)."""
+        for key, value in state.items():
+            if key == "step" or not isinstance(value, torch.Tensor):
+                continue
+            if value.device != p.device or (value.dtype != p.dtype and value.is_floating_point()):
+                state[key] = value.to(device=p.device, dtype=p.dtype)
+
+    def _buckets(self, group: dict) -> Dict[tuple, List[torch.Tensor]]:
+        """The group's parameters that have a gradient, by (device, dtype, has-multiplier)."""
+        buckets: Dict[tuple, List[torch.Tensor]] = defaultdict(list)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p]
+            mult = state.get("grad_mult")
+            if mult is not None and (mult.device != p.device or mult.dtype != p.dtype):
+                self._follow(p, state)
+            buckets[(p.device, p.dtype, mult is not None)].append(p)
+        return buckets

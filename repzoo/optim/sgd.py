@@ -1,0 +1,119 @@
+"""RepOptimizer SGD: SGD on ``g ⊙ M``, vectorized with foreach ops."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import GradMults, RepOptimizer
+
+__all__ = ["RepOptimizerSGD"]
+
+
+def _use_fused(fused, device: torch.device) -> bool:
+    """``fused=None``: torch's fused SGD kernel where it is known to exist (CUDA, CPU); True: always."""
+    if fused is False or not hasattr(torch, "_fused_sgd_"):
+        return False
+    return fused is True or device.type in ("cuda", "cpu")
+
+
+class RepOptimizerSGD(RepOptimizer):
+    """SGD with gradient multipliers (DingXiaoH/RepOptimizers' update rule).
+
+    For a parameter ``p`` with gradient ``g`` and multiplier ``M`` (1 where none)::
+
+        d = g ⊙ M + λ·p                      (weight decay after the multiplier, not multiplied)
+        buf = d  (first step),  else  buf = μ·buf + (1 − τ)·d
+        d = d + μ·buf  (nesterov),  else  d = buf
+        p = p − lr·d
+
+    Args:
+        params: parameters or parameter groups.
+        lr, momentum (μ), dampening (τ), weight_decay (λ), nesterov, maximize: as ``torch.optim.SGD``.
+        fused: with momentum, run decay + momentum + update as torch's fused SGD kernel on
+            ``g ⊙ M`` (one pass instead of five; ``None``: wherever torch has the kernel).
+        grad_mults: ``{parameter: multiplier}`` (see :func:`repzoo.optim.create_repoptimizer`).
+    """
+
+    def __init__(self, params, lr: float = 0.1, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 fused: Optional[bool] = None, grad_mults: Optional[GradMults] = None):
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, fused=fused)
+        super().__init__(params, defaults, grad_mults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("fused", None)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
+            wd, nesterov = group["weight_decay"], group["nesterov"]
+            for (device, _, mapped), params in self._buckets(group).items():
+                grads = [p.grad for p in params]
+                if mu != 0 and _use_fused(group["fused"], device):
+                    states = [self.state[p] for p in params]
+                    bufs = [s.get("momentum_buffer") for s in states]
+                    first = all(b is None for b in bufs)
+                    if first or all(b is not None for b in bufs):
+                        if first:
+                            for s, p in zip(states, params):
+                                s["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+                            bufs = [s["momentum_buffer"] for s in states]
+                        d = torch._foreach_mul(grads, [s["grad_mult"] for s in states]) if mapped else grads
+                        torch._fused_sgd_(params, d, bufs, weight_decay=wd, momentum=mu, lr=lr, dampening=damp,
+                                          nesterov=nesterov, maximize=group["maximize"], is_first_step=first)
+                        continue
+                # d is a fresh list of tensors when owned (safe to update in place), else aliases p.grad
+                if mapped:
+                    d = torch._foreach_mul(grads, [self.state[p]["grad_mult"] for p in params])
+                    if group["maximize"]:
+                        torch._foreach_neg_(d)
+                    owned = True
+                elif group["maximize"]:
+                    d, owned = torch._foreach_neg(grads), True
+                else:
+                    d, owned = grads, False
+                if wd != 0:
+                    if owned:
+                        torch._foreach_add_(d, params, alpha=wd)
+                    else:
+                        d, owned = torch._foreach_add(d, params, alpha=wd), True
+                if mu != 0:
+                    states = [self.state[p] for p in params]
+                    bufs = [s.get("momentum_buffer") for s in states]
+                    if any(b is None for b in bufs):
+                        for i, (s, b) in enumerate(zip(states, bufs)):
+                            if b is None:
+                                s["momentum_buffer"] = bufs[i] = torch.clone(d[i]).detach()
+                            else:
+                                b.mul_(mu).add_(d[i], alpha=1 - damp)
+                    else:
+                        torch._foreach_mul_(bufs, mu)
+                        torch._foreach_add_(bufs, d, alpha=1 - damp)
+                    if nesterov:
+                        if owned:
+                            torch._foreach_add_(d, bufs, alpha=mu)
+                        else:
+                            d = torch._foreach_add(d, bufs, alpha=mu)
+                    else:
+                        d = bufs
+                torch._foreach_add_(params, d, alpha=-lr)
+        return loss
