@@ -105,19 +105,18 @@ def test_conversion_follows_model_dtype_and_device():
     assert {p.dtype for p in model.parameters()} == {torch.float16}
 
 
-def test_repvggplus_train_mode_returns_the_reference_dict_and_eval_logits(float64):
+def test_repvggplus_train_mode_returns_the_reference_dict_and_eval_logits():
+    """The numbers of both forms are compared in test_conversion_is_exact_in_float64."""
     torch.manual_seed(2)
     model = repzoo.create_model("RepVGGplus-L2pse", num_classes=7)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     out = model.train()(x)
     assert set(out) == {"main", "stage1_aux", "stage2_aux", "stage3_first_aux"}
     assert all(v.shape == (2, 7) for v in out.values())
-    model.eval()
-    logits = model(x)
+    logits = model.eval()(x)
     assert torch.is_tensor(logits) and logits.shape == (2, 7)
     repzoo.reparameterize(model)
-    assert not any(k.startswith("stage1_aux") for k in model.state_dict())
-    assert rel_diff(model(x), logits) < 1e-10
+    assert not any(k.startswith(("stage1_aux", "stage2_aux", "stage3_first_aux")) for k in model.state_dict())
     assert torch.is_tensor(model.train()(x))  # the deploy form has no aux heads, also in train mode
 
 
