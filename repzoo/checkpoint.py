@@ -12,7 +12,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import Dict, Iterable, Mapping, Union
 
 import torch
 from torch import nn

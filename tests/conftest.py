@@ -17,6 +17,27 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+def meta_model(name: str, **kwargs):
+    """A model built on the ``meta`` device: shapes and counts without memory or initialization."""
+    import repzoo
+
+    with torch.device("meta"):
+        return repzoo.create_model(name, **kwargs)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small float64 convs: one intra-op thread is as fast, and far faster on a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def float64():
     """Build models directly in float64 (no float32 copy, no rounding in the comparison)."""

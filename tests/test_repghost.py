@@ -15,7 +15,7 @@ from repzoo.adapters import adapt_state_dict
 from repzoo.demo import randomize_bn
 from repzoo.errors import IncompatibleCheckpointError, RepZooError
 
-from conftest import SCALES_DIR, SIGNATURES, rel_diff
+from conftest import SCALES_DIR, SIGNATURES, meta_model, n_params, rel_diff
 
 GHOST_SCALES = SCALES_DIR / "RepOptGhostNet_0_5x_scales.pth"
 WIDTHS = ["0.5x", "0.58x", "0.8x", "1.0x", "1.11x", "1.3x", "1.5x", "2.0x"]
@@ -29,22 +29,7 @@ TABLE_05X = [("0.0", 8, 8, 1), ("1.0", 8, 12, 2), ("2.0", 12, 12, 1), ("3.0", 12
              ("8.3", 80, 80, 1)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small float64 depthwise convs: one intra-op thread is as fast, and far faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def meta_model(name, **kwargs):
-    with torch.device("meta"):
-        return repzoo.create_model(name, **kwargs)
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- keys and sizes

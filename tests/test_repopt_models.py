@@ -13,29 +13,14 @@ import repzoo
 from repzoo.demo import randomize_bn
 from repzoo.errors import IncompatibleCheckpointError, RepZooError
 
-from conftest import SCALES_DIR, SIGNATURES, rel_diff
+from conftest import SCALES_DIR, SIGNATURES, meta_model, n_params, rel_diff
 
 B1_SCALES = SCALES_DIR / "RepOpt-VGG-B1-scales.pth"
 GHOST_SCALES = SCALES_DIR / "RepOptGhostNet_0_5x_scales.pth"
 SCALE_SUFFIXES = ("scale_conv.weight", "scale_1x1.weight", "scale_identity.weight")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small float64 convs: one intra-op thread is as fast, and far faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def meta_model(name, **kwargs):
-    with torch.device("meta"):
-        return repzoo.create_model(name, **kwargs)
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- keys and sizes

@@ -1,7 +1,7 @@
 """The model contract every repzoo classifier follows (timm's surface)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..reparam import reparam_blocks
 
-__all__ = ["RepClassifier"]
+__all__ = ["RepClassifier", "VGGStyleClassifier"]
 
 
 class RepClassifier(nn.Module):
@@ -78,3 +78,37 @@ class RepClassifier(nn.Module):
             name = prefix.rstrip(".")
             if hasattr(self, name):
                 delattr(self, name)
+
+
+class VGGStyleClassifier(RepClassifier):
+    """The VGG-style body shared by RepVGG and RepOpt-VGG.
+
+    ``stage0`` (one block, stride 2), ``stage1..4`` (``nn.Sequential``, first block stride 2),
+    ``gap``, ``head_drop``, ``linear``. ``make_block(in_ch, out_ch, stride, layer, index)`` builds
+    each block; ``layer`` counts blocks from 1 (stage0 is 0), ``index`` is the position in its stage.
+    """
+
+    def _build_body(self, widths: Sequence[int], num_blocks: Sequence[int], make_block: Callable[..., nn.Module],
+                    num_classes: int, in_chans: int, drop_rate: float) -> None:
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.stage0 = make_block(in_chans, widths[0], 2, 0, 0)
+        self.feature_info = [dict(num_chs=widths[0], reduction=2, module="stage0")]
+        in_ch, layer = widths[0], 1
+        for s, (n, out_ch) in enumerate(zip(num_blocks, widths[1:]), start=1):
+            blocks = []
+            for i in range(n):
+                blocks.append(make_block(in_ch, out_ch, 2 if i == 0 else 1, layer, i))
+                in_ch, layer = out_ch, layer + 1
+            self.add_module(f"stage{s}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
+        self.num_features = widths[-1]
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.linear = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._run(self.stage0, x)
+        for stage in (self.stage1, self.stage2, self.stage3, self.stage4):
+            for block in stage:
+                x = self._run(block, x)
+        return x

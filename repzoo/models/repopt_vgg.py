@@ -31,7 +31,7 @@ from ..layers.repopt import (
     load_scales_into,
 )
 from ..registry import register_model
-from .base import RepClassifier
+from .base import VGGStyleClassifier
 from .repvgg import stage_widths
 
 __all__ = ["RepOptVGG", "MODES"]
@@ -62,7 +62,7 @@ def _block(mode: str, in_ch: int, out_ch: int, stride: int, index: int, deploy: 
     return LinearAddBlock(in_ch, out_ch, stride, scale_init=hs_scale_init(index), csla=mode == "csla", deploy=deploy)
 
 
-class RepOptVGG(RepClassifier):
+class RepOptVGG(VGGStyleClassifier):
     """RepOpt-VGG: ``stage0`` (one block), ``stage1..4`` (``nn.Sequential``), ``gap``, ``linear``.
 
     ``mode``: ``'target'``, ``'hs'``, ``'csla'`` or ``'repvgg'`` (see the module docstring).
@@ -76,28 +76,8 @@ class RepOptVGG(RepClassifier):
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         widths = stage_widths(width_multiplier)
         self.mode = mode
-        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
-        self.stage0 = _block(mode, in_chans, widths[0], 2, 0, deploy)
-        self.feature_info = [dict(num_chs=widths[0], reduction=2, module="stage0")]
-        in_ch = widths[0]
-        for s, (n, out_ch) in enumerate(zip(num_blocks, widths[1:]), start=1):
-            blocks = []
-            for i in range(n):
-                blocks.append(_block(mode, in_ch, out_ch, 2 if i == 0 else 1, i, deploy))
-                in_ch = out_ch
-            self.add_module(f"stage{s}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
-        self.num_features = widths[-1]
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.linear = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._run(self.stage0, x)
-        for stage in (self.stage1, self.stage2, self.stage3, self.stage4):
-            for block in stage:
-                x = self._run(block, x)
-        return x
+        self._build_body(widths, num_blocks, lambda i, o, stride, layer, index: _block(mode, i, o, stride, index, deploy),
+                         num_classes, in_chans, drop_rate)
 
 
 def _create(arch: str, mode: str, scales: Optional[ScalesSource] = None, **kwargs) -> RepOptVGG:

@@ -8,13 +8,12 @@ from __future__ import annotations
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
-from torch import nn
 
 from ..adapters import register_key_adapter
 from ..errors import IncompatibleCheckpointError
 from ..layers.repvgg_block import RepVGGBlock
 from ..registry import register_model
-from .base import RepClassifier
+from .base import VGGStyleClassifier
 
 __all__ = ["RepVGG"]
 
@@ -53,7 +52,7 @@ def stage_widths(width_multiplier: Sequence[float]) -> tuple:
     return (min(64, int(64 * a)), int(64 * a), int(128 * a), int(256 * a), int(512 * b))
 
 
-class RepVGG(RepClassifier):
+class RepVGG(VGGStyleClassifier):
     """RepVGG: ``stage0`` (one block), ``stage1..4`` (``nn.Sequential`` of blocks), ``gap``, ``linear``."""
 
     def __init__(self, num_blocks: Sequence[int], width_multiplier: Sequence[float],
@@ -62,31 +61,12 @@ class RepVGG(RepClassifier):
                  deploy: bool = False):
         super().__init__()
         groups_map = groups_map or {}
-        widths = stage_widths(width_multiplier)
         se = "pre" if use_se else None
-        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
-        self.stage0 = RepVGGBlock(in_chans, widths[0], stride=2, se=se, deploy=deploy)
-        in_ch, layer = widths[0], 1
-        self.feature_info = [dict(num_chs=widths[0], reduction=2, module="stage0")]
-        for s, (n, out_ch) in enumerate(zip(num_blocks, widths[1:]), start=1):
-            blocks = []
-            for i in range(n):
-                blocks.append(RepVGGBlock(in_ch, out_ch, stride=2 if i == 0 else 1,
-                                          groups=groups_map.get(layer, 1), se=se, deploy=deploy))
-                in_ch, layer = out_ch, layer + 1
-            self.add_module(f"stage{s}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
-        self.num_features = widths[-1]
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.linear = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._run(self.stage0, x)
-        for stage in (self.stage1, self.stage2, self.stage3, self.stage4):
-            for block in stage:
-                x = self._run(block, x)
-        return x
+        def make_block(in_ch, out_ch, stride, layer, index):
+            return RepVGGBlock(in_ch, out_ch, stride=stride, groups=groups_map.get(layer, 1), se=se, deploy=deploy)
+
+        self._build_body(stage_widths(width_multiplier), num_blocks, make_block, num_classes, in_chans, drop_rate)
 
 
 def _create(name: str, **kwargs) -> RepVGG:
