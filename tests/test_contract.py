@@ -101,3 +101,25 @@ def test_timm_data_config_reads_pretrained_cfg():
 
     cfg = resolve_data_config(model=repzoo.create_model("RepVGG-D2se", num_classes=2))
     assert cfg["input_size"] == (3, 320, 320) and cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear"
+
+
+@pytest.mark.parametrize("name", repzoo.list_models())
+def test_every_registered_model_follows_the_contract(name):
+    """Shapes only, on the meta device: cheap enough for every variant of every family."""
+    with torch.device("meta"):
+        model = repzoo.create_model(name, num_classes=11).eval()
+        x = torch.empty(2, 3, 64, 96)
+        feats = model.forward_features(x)
+        assert feats.shape[:2] == (2, model.num_features)
+        # timm's convention: pre-logits have head_hidden_size where a head adds a layer (GhostNet)
+        hidden = getattr(model, "head_hidden_size", model.num_features)
+        assert model.forward_head(feats, pre_logits=True).shape[-1] == hidden
+        assert model(x).shape == (2, 11) and model.get_classifier().out_features == 11
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5)
+        stages = repzoo.create_model(name, features_only=True)
+        outs = stages(x)
+    assert [o.shape[1] for o in outs] == [i["num_chs"] for i in model.feature_info]
+    assert [64 // o.shape[-2] for o in outs] == [i["reduction"] for i in model.feature_info]
+    assert {"input_size", "interpolation", "crop_pct", "mean", "std"} <= set(model.pretrained_cfg)
+    assert model.pretrained_cfg["architecture"] == name
