@@ -85,11 +85,12 @@ class FileRecord:
     note: Optional[str] = None
 
     def hint(self) -> Optional[str]:
-        """Text for humans on getting the file by hand (for error messages)."""
-        lines = [f"  {link}" for link in self.manual]
+        """Text for humans on getting the file by hand (for error messages), beyond the sources' own links."""
+        known = {src.manual_link() for src in self.sources}
+        lines = [f"  {link}" for link in self.manual if link.url not in known]
         if not lines:
-            return None
-        return "Download it by hand from:\n" + "\n".join(lines) + f"\nand save it as {self.file_name},"
+            return f"Save it as {self.file_name}."
+        return "Also by hand from:\n" + "\n".join(lines) + f"\nand save it as {self.file_name}."
 
 
 @dataclass(frozen=True)
