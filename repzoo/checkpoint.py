@@ -144,6 +144,46 @@ def _deploy_keys(model: nn.Module) -> set:
     return set(convert_state_dict(model, meta))
 
 
+def _to_model_form(model: nn.Module, model_sd: Mapping[str, torch.Tensor], sd: StateDict) -> StateDict:
+    """Convert a train-time checkpoint for a deploy model; refuse a deploy checkpoint for a train-time one."""
+    from .reparam import reparam_blocks
+
+    if set(sd) == set(model_sd):
+        return sd
+    if any(block.deploy for _, block in reparam_blocks(model)):
+        converted = convert_state_dict(model, sd)
+        if set(converted) == set(model_sd):
+            _log.info("converted a train-time checkpoint to the deploy form on load")
+            return converted
+    elif set(sd) == _deploy_keys(model):
+        raise IncompatibleCheckpointError(
+            "This is a deploy (converted) checkpoint, and a deploy checkpoint cannot become a train-time "
+            "model: the branches it was fused from cannot be recovered. Build the model with deploy=True "
+            "to load it, or use the train-time checkpoint to fine-tune."
+        )
+    return sd
+
+
+def _incompatible(model: nn.Module, model_sd, sd, missing: set, unexpected: set, shapes: set,
+                  head: set) -> IncompatibleCheckpointError:
+    lines = []
+    if missing:
+        lines.append(f"missing keys ({len(missing)}): {_fmt(missing)}")
+    if unexpected:
+        lines.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+    if shapes:
+        in_order = [k for k in model_sd if k in shapes]  # the model's order: stem first
+        more = f" … and {len(in_order) - 5} more" if len(in_order) > 5 else ""
+        lines.append(f"mismatched shapes ({len(in_order)}): " + "; ".join(
+            f"{k}: checkpoint {list(sd[k].shape)} vs model {list(model_sd[k].shape)}" for k in in_order[:5]) + more)
+    hint = " Only the classifier differs: pass num_classes=N to create_model to reset it." if shapes and shapes <= head else ""
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", "this model")
+    return IncompatibleCheckpointError(
+        f"The checkpoint does not fit {type(model).__name__} ({name}):\n  " + "\n  ".join(lines)
+        + f"\nIs it a checkpoint of another model? Check the model name against the file.{hint}"
+    )
+
+
 def load_checkpoint(model: nn.Module, source: PathOrStateDict, *, allow_head_reset: bool = False,
                     assign: bool = False) -> nn.Module:
     """Load a checkpoint into ``model`` strictly, converting a train-time checkpoint for a deploy model.
@@ -152,59 +192,22 @@ def load_checkpoint(model: nn.Module, source: PathOrStateDict, *, allow_head_res
     model keeps its fresh head, and a warning says so). ``assign``: adopt the checkpoint's
     tensors instead of copying them (for models built on the ``meta`` device).
     """
-    sd = read_state_dict(source)
     model_sd = model.state_dict()
+    sd = _to_model_form(model, model_sd, read_state_dict(source))
     missing, unexpected, shapes = _mismatch(model_sd, sd)
-    from .reparam import reparam_blocks
-
-    has_deploy_blocks = any(b.deploy for _, b in reparam_blocks(model))
-    if (missing or unexpected) and has_deploy_blocks:
-        converted = convert_state_dict(model, sd)
-        c_missing, c_unexpected, c_shapes = _mismatch(model_sd, converted)
-        if not (c_missing or c_unexpected):
-            sd, missing, unexpected, shapes = converted, c_missing, c_unexpected, c_shapes
-            _log.info("converted a train-time checkpoint to the deploy form on load")
-    if (missing or unexpected) and not has_deploy_blocks and set(sd) == _deploy_keys(model):
-        raise IncompatibleCheckpointError(
-            "This is a deploy (converted) checkpoint, and a deploy checkpoint cannot become a train-time "
-            "model: the branches it was fused from cannot be recovered. Build the model with deploy=True "
-            "to load it, or use the train-time checkpoint to fine-tune."
-        )
-    head = set(getattr(model, "head_keys", lambda: [])())
-    if shapes and shapes <= head and allow_head_reset:
+    head = set(model.head_keys()) if hasattr(model, "head_keys") else set()
+    reset = set()
+    if allow_head_reset and shapes and shapes <= head:
         warnings.warn(
             f"The checkpoint's classifier has {sd[sorted(shapes)[0]].shape[0]} classes and the model "
             f"{getattr(model, 'num_classes', '?')}: the classifier was reset and is untrained.",
             stacklevel=3,
         )
-        sd = {k: v for k, v in sd.items() if k not in shapes}
-        missing = missing | shapes
-        shapes = set()
-    else:
-        head = set()
-    if missing - head or unexpected or shapes:
-        lines = []
-        if missing - head:
-            lines.append(f"missing keys ({len(missing - head)}): {_fmt(missing - head)}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
-        if shapes:
-            in_order = [k for k in model_sd if k in shapes]  # the model's order: stem first
-            more = f" … and {len(in_order) - 5} more" if len(in_order) > 5 else ""
-            lines.append(f"mismatched shapes ({len(in_order)}): " + "; ".join(
-                f"{k}: checkpoint {list(sd[k].shape)} vs model {list(model_sd[k].shape)}" for k in in_order[:5]) + more)
-        hint = ""
-        if shapes and shapes <= set(getattr(model, "head_keys", lambda: [])()):
-            hint = " Only the classifier differs: pass num_classes=N to create_model to reset it."
-        raise IncompatibleCheckpointError(
-            f"The checkpoint does not fit {type(model).__name__}"
-            f" ({getattr(model, 'pretrained_cfg', {}).get('architecture', 'this model')}):\n  "
-            + "\n  ".join(lines)
-            + f"\nIs it a checkpoint of another model? Check the model name against the file.{hint}"
-        )
+        reset, shapes = shapes, set()
+        sd = {k: v for k, v in sd.items() if k not in reset}
+    if missing or unexpected or shapes:
+        raise _incompatible(model, model_sd, sd, missing, unexpected, shapes, head)
     if assign:  # adopt the tensors, in the model's dtypes (a no-op when they match)
         sd = {k: v.to(model_sd[k].dtype) for k, v in sd.items()}
-    result = model.load_state_dict(sd, strict=not head, assign=assign)
-    if head and set(result.missing_keys) - head:
-        raise IncompatibleCheckpointError(f"missing keys: {_fmt(set(result.missing_keys) - head)}")
+    model.load_state_dict(sd, strict=not reset, assign=assign)
     return model
