@@ -153,8 +153,9 @@ def test_deploy_conversion_is_exact(name, float64, tmp_path):
     assert model.deploy and loaded.deploy
     keys = set(model.state_dict())
     assert keys == set(loaded.state_dict())
-    # only the stem keeps a BN; every other conv-BN pair and branch is folded
-    assert {k.rsplit(".", 1)[0] for k in keys if k.endswith("running_var")} == {"bn1"}
+    # every conv-BN pair and branch is folded, the stem's included
+    assert [k for k in keys if k.endswith("running_var")] == []
+    assert "conv_stem.bias" in keys
     with torch.no_grad():
         for x, ref in zip(xs, refs):
             assert rel_diff(model(x), ref) < 1e-10
@@ -173,10 +174,10 @@ def test_deploy_keys():
                      ("blocks.3.0.shortcut.0.weight", (12, 1, 5, 5)), ("blocks.3.0.shortcut.0.bias", (12,)),
                      ("blocks.3.0.shortcut.1.weight", (20, 12, 1, 1)), ("blocks.3.0.shortcut.1.bias", (20,)),
                      ("blocks.3.0.se.conv_reduce.weight", (8, 20, 1, 1)), ("blocks.9.0.conv.bias", (480,)),
-                     ("conv_stem.weight", (8, 3, 3, 3)), ("bn1.running_var", (8,)), ("conv_head.bias", (1280,))]:
+                     ("conv_stem.weight", (8, 3, 3, 3)), ("conv_stem.bias", (8,)), ("conv_head.bias", (1280,))]:
         assert tuple(sd[k].shape) == shape, k
     folded = ("bn_dw", "final_bn", "fusion", "shortcut.2", "shortcut.3", "bn1", "running_var", "cheap_operation.1")
-    assert [k for k in sd if not k.startswith("bn1.") and any(s in k for s in folded)] == []
+    assert [k for k in sd if any(s in k for s in folded)] == []
     rep = meta_model("RepGhostNet-0.5x", deploy=True).state_dict()
     assert {k: v.shape for k, v in rep.items()} == {k: v.shape for k, v in sd.items()}
 

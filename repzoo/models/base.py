@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..reparam import reparam_blocks
+from ..reparam import conv_bn_pairs, reparam_blocks
 
 __all__ = ["RepClassifier", "VGGStyleClassifier"]
 
@@ -31,8 +31,10 @@ class RepClassifier(nn.Module):
 
     @property
     def deploy(self) -> bool:
-        """True when every re-parameterizable block is in its deploy form."""
-        return all(block.deploy for _, block in reparam_blocks(self))
+        """True when every re-parameterizable block is in its deploy form (and every declared conv-BN pair folded)."""
+        pairs_folded = all(not isinstance(getattr(m, bn), nn.modules.batchnorm._BatchNorm)
+                           for _, m, _, bn in conv_bn_pairs(self))
+        return pairs_folded and all(block.deploy for _, block in reparam_blocks(self))
 
     def head_keys(self) -> List[str]:
         """State-dict keys that depend on ``num_classes``."""

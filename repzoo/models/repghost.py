@@ -8,7 +8,7 @@
 
 Widths 0.5x … 2.0x. The timm re-host of the RepGhost authors' weights (``repghostnet_050``
 …) loads through the ``timm`` key adapter registered here. Deploy keys: see
-:mod:`repzoo.layers.ghost` (the stem's ``conv_stem``/``bn1`` are kept as they are).
+:mod:`repzoo.layers.ghost`; the stem's ``bn1`` is folded into ``conv_stem`` (which gains a bias).
 """
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ class RepGhostNet(RepClassifier):
 
     head_name = "classifier"
     feature_flatten_sequential = True
+    #: the stem's conv and BN keep the reference's sibling names; folded at deploy (conv_stem gains a bias)
+    conv_bn_pairs = (("conv_stem", "bn1"),)
 
     def __init__(self, width: float = 1.0, mode: str = "rep", num_classes: int = 1000, in_chans: int = 3,
                  drop_rate: float = 0.2, deploy: bool = False):
@@ -75,8 +77,8 @@ class RepGhostNet(RepClassifier):
         self.width, self.mode = width, mode
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         stem = make_divisible(16 * width, 4)
-        self.conv_stem = nn.Conv2d(in_chans, stem, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
+        self.conv_stem = nn.Conv2d(in_chans, stem, 3, 2, 1, bias=deploy)
+        self.bn1 = nn.Identity() if deploy else nn.BatchNorm2d(stem)
         self.act1 = nn.ReLU()
         self.feature_info = []
         stages, in_ch, reduction, run = [], stem, 2, 0

@@ -1,8 +1,8 @@
 """Train-to-deploy conversion: the math (:mod:`.fuse`) and the machinery (:mod:`.base`)."""
 
 #: Bumped whenever a conversion's output changes; the deploy cache is keyed by it.
-CONVERSION_VERSION = 1
-from .base import ReparamBlock, conversion_error, convert_state_dict, reparam_blocks, reparameterize
+CONVERSION_VERSION = 2  # 2: GhostNet's stem BN is folded into conv_stem
+from .base import ReparamBlock, conv_bn_pairs, conversion_error, convert_state_dict, reparam_blocks, reparameterize
 from .fuse import (
     bn_scale_shift,
     fuse_bn,
@@ -20,6 +20,7 @@ __all__ = [
     "convert_state_dict",
     "reparam_blocks",
     "conversion_error",
+    "conv_bn_pairs",
     "bn_scale_shift",
     "fuse_bn",
     "fuse_conv_bn",

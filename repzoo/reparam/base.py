@@ -6,7 +6,8 @@ from typing import Dict, Iterator, Mapping, Tuple
 import torch
 from torch import nn
 
-__all__ = ["ReparamBlock", "reparameterize", "convert_state_dict", "reparam_blocks", "conversion_error"]
+__all__ = ["ReparamBlock", "reparameterize", "convert_state_dict", "reparam_blocks", "conversion_error",
+           "conv_bn_pairs"]
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -44,6 +45,40 @@ class ReparamBlock(nn.Module):
         return self
 
 
+def conv_bn_pairs(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str, str]]:
+    """Conv → BN pairs that modules declare as ``conv_bn_pairs = (("conv_stem", "bn1"),)``.
+
+    For pairs of sibling modules that keep the authors' names at train time (a stem, say) and
+    that no block owns. At deploy the conv gains the fused bias and the BN becomes ``Identity``.
+    Yields ``(prefix, module, conv_name, bn_name)``.
+    """
+    for name, module in model.named_modules():
+        for conv, bn in getattr(module, "conv_bn_pairs", ()):
+            yield (f"{name}." if name else ""), module, conv, bn
+
+
+def _fuse_pair_state(sd: Mapping[str, torch.Tensor], conv: str, bn: str, eps: float) -> StateDict:
+    from .fuse import fuse_conv_bn
+
+    weight = sd[f"{conv}.weight"]
+    kernel, bias = fuse_conv_bn(weight, sd[f"{bn}.running_mean"], sd[f"{bn}.running_var"],
+                                sd.get(f"{bn}.weight"), sd.get(f"{bn}.bias"), eps, sd.get(f"{conv}.bias"))
+    return {f"{conv}.weight": kernel.to(weight.dtype), f"{conv}.bias": bias.to(weight.dtype)}
+
+
+@torch.no_grad()
+def _fold_pair(module: nn.Module, conv_name: str, bn_name: str) -> None:
+    conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        return  # already folded
+    local = {f"{conv_name}.{k}": v for k, v in conv.state_dict().items()}
+    local.update({f"{bn_name}.{k}": v for k, v in bn.state_dict().items()})
+    fused = _fuse_pair_state(local, conv_name, bn_name, bn.eps)
+    conv.weight = nn.Parameter(fused[f"{conv_name}.weight"], requires_grad=conv.weight.requires_grad)
+    conv.bias = nn.Parameter(fused[f"{conv_name}.bias"], requires_grad=conv.weight.requires_grad)
+    setattr(module, bn_name, nn.Identity())
+
+
 def reparam_blocks(model: nn.Module) -> Iterator[Tuple[str, ReparamBlock]]:
     """The outermost re-parameterizable blocks of a module tree, with their names."""
     taken: list = []
@@ -63,6 +98,8 @@ def reparameterize(model: nn.Module) -> nn.Module:
     """
     for _, block in list(reparam_blocks(model)):
         block.reparameterize()
+    for _, module, conv, bn in list(conv_bn_pairs(model)):
+        _fold_pair(module, conv, bn)
     for module in list(model.modules()):
         drop = getattr(module, "drop_train_only_modules", None)
         if callable(drop):
@@ -85,6 +122,14 @@ def convert_state_dict(model: nn.Module, train_sd: Mapping[str, torch.Tensor]) -
         local = {k[len(prefix):]: v for k, v in train_sd.items() if k.startswith(prefix)}
         consumed.update(prefix + k for k in local)
         out.update({prefix + k: v for k, v in block.fuse_state_dict(local).items()})
+    for prefix, module, conv, bn in conv_bn_pairs(model):
+        if f"{prefix}{bn}.running_var" not in train_sd:
+            continue  # already in deploy form
+        keys = [k for k in train_sd if k.startswith((f"{prefix}{conv}.", f"{prefix}{bn}."))]
+        local = {k[len(prefix):]: train_sd[k] for k in keys}
+        consumed.update(keys)
+        eps = getattr(getattr(module, bn), "eps", 1e-5)
+        out.update({prefix + k: v for k, v in _fuse_pair_state(local, conv, bn, eps).items()})
     drop = tuple(getattr(model, "train_only_prefixes", ()))
     for k, v in train_sd.items():
         if k not in consumed and not (drop and k.startswith(drop)):
