@@ -504,3 +504,23 @@ def test_create_repoptimizer_from_a_real_hs_model():
     F.cross_entropy(model(x), y).backward()
     opt.step()
     assert torch.isfinite(model.get_parameter("blocks.6.1.ghost1.cheap_operation.0.weight")).all()
+
+
+@pytest.mark.parametrize("cls, bad", [
+    (RepOptimizerSGD, dict(lr=-0.1)), (RepOptimizerSGD, dict(momentum=-0.9)),
+    (RepOptimizerSGD, dict(weight_decay=-1e-4)), (RepOptimizerSGD, dict(nesterov=True)),
+    (RepOptimizerAdamW, dict(lr=-1e-3)), (RepOptimizerAdamW, dict(eps=-1e-8)),
+    (RepOptimizerAdamW, dict(weight_decay=-0.01)), (RepOptimizerAdamW, dict(betas=(1.0, 0.999))),
+])
+def test_invalid_hyper_parameters_are_refused(cls, bad):
+    with pytest.raises(ValueError):
+        cls([nn.Parameter(torch.zeros(2))], **bad)
+
+
+def test_state_from_an_older_release_gets_the_late_defaults():
+    opt = RepOptimizerSGD([nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
+    state = opt.__getstate__()
+    for group in state["param_groups"]:
+        del group["fused"], group["maximize"]
+    opt.__setstate__(state)
+    assert opt.param_groups[0]["fused"] is None and opt.param_groups[0]["maximize"] is False

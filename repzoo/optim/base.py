@@ -25,10 +25,22 @@ class RepOptimizer(Optimizer):
     equivalence is lost (``docs/repoptimizer.md``).
     """
 
+    #: group options added after the first release, filled in when an older state is loaded
+    _late_defaults: Dict[str, object] = {"maximize": False}
+
     def __init__(self, params, defaults: dict, grad_mults: Optional[GradMults] = None):
+        for key in ("lr", "eps", "momentum", "weight_decay"):
+            if key in defaults and defaults[key] < 0.0:
+                raise ValueError(f"Invalid {key}: {defaults[key]} (must be >= 0)")
         super().__init__(params, defaults)
         if grad_mults is not None:
             self.set_grad_mults(grad_mults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self._late_defaults.items():
+                group.setdefault(key, value)
 
     # -- multipliers ---------------------------------------------------------------------
     def set_grad_mults(self, grad_mults: GradMults) -> None:
