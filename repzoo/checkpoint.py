@@ -12,7 +12,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from typing import Dict, Iterable, Mapping, Union
+from typing import Dict, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -107,8 +107,10 @@ def read_state_dict(source: PathOrStateDict) -> StateDict:
     return unwrap_state_dict(obj)
 
 
-def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.PathLike]) -> None:
-    """Write a state dict as safetensors (``.safetensors``) or a plain ``torch.save`` file, atomically."""
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.PathLike],
+                    metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write a state dict as safetensors (``.safetensors``, with optional ``metadata``) or a plain
+    ``torch.save`` file, atomically: to a temporary name beside it, renamed once complete."""
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     sd = {k: v.detach().contiguous() for k, v in state_dict.items()}
@@ -116,7 +118,7 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.
         if path.endswith(".safetensors"):
             from safetensors.torch import save_file
 
-            save_file(sd, tmp)
+            save_file(sd, tmp, metadata=metadata)
         else:
             torch.save(sd, tmp)
         os.replace(tmp, path)

@@ -89,18 +89,12 @@ def _read_deploy(path: pathlib.Path, source_sha256: str) -> Optional[StateDict]:
 
 def _write_deploy(path: pathlib.Path, sd: StateDict, *, name: str, tag: str, source: "_manifest.FileRecord",
                   source_sha256: str) -> None:
-    """Write ``sd`` as safetensors to a temporary name in the same folder, then rename it into place."""
-    from safetensors.torch import save_file
+    """Write ``sd`` as safetensors, atomically, with what it was converted from as metadata."""
+    from .checkpoint import save_state_dict
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tensors = {k: v.detach().contiguous() for k, v in sd.items()}
     meta = {"model": name, "tag": tag, "source_file": source.file_name, "source_sha256": source_sha256,
             "conversion_version": str(_conversion_version()), "format": "pt"}
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_state_dict(sd, path, metadata=meta)
 
 
 def deploy_cache_entries() -> List[Dict[str, object]]:

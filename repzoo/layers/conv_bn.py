@@ -6,7 +6,7 @@ from typing import Mapping, Tuple
 import torch
 from torch import nn
 
-from ..reparam import fuse_bn, fuse_conv_bn
+from ..reparam import bn_args, fuse_bn, fuse_conv_bn
 
 __all__ = ["ConvBn", "fused_conv_bn", "fused_bn"]
 
@@ -22,17 +22,12 @@ class ConvBn(nn.Sequential):
         self.add_module("bn", nn.BatchNorm2d(out_channels))
 
 
-def _bn_args(sd: Mapping[str, torch.Tensor], prefix: str):
-    return (sd[prefix + "running_mean"], sd[prefix + "running_var"],
-            sd.get(prefix + "weight"), sd.get(prefix + "bias"))
-
-
 def fused_conv_bn(sd: Mapping[str, torch.Tensor], prefix: str, eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
     """Kernel and bias of a ``ConvBn`` read from a state dict under ``prefix`` (e.g. ``rbr_dense.``)."""
-    return fuse_conv_bn(sd[prefix + "conv.weight"], *_bn_args(sd, prefix + "bn."), eps)
+    return fuse_conv_bn(sd[prefix + "conv.weight"], *bn_args(sd, prefix + "bn."), eps)
 
 
 def fused_bn(sd: Mapping[str, torch.Tensor], prefix: str, channels: int, groups: int,
              kernel_size: int, eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
     """Kernel and bias of a bare BN (identity branch) read from a state dict under ``prefix``."""
-    return fuse_bn(channels, groups, kernel_size, *_bn_args(sd, prefix), eps)
+    return fuse_bn(channels, groups, kernel_size, *bn_args(sd, prefix), eps)

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..reparam import ReparamBlock, fuse_bn, fuse_conv_bn, identity_kernel, scale_kernel, sum_branches
-from .repopt import BN_EPS, ScaleLayer, bn_args, without
+from ..reparam import (ReparamBlock, bn_args, fuse_bn, fuse_conv_bn, identity_kernel, scale_kernel, sum_branches,
+                       without)
+from .repopt import BN_EPS, ScaleLayer
 
 __all__ = [
     "GHOST_MODES",

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import IncompatibleCheckpointError
-from ..reparam import ReparamBlock, fuse_bn, fuse_conv_bn, identity_kernel, pad_kernel, scale_kernel, sum_branches
+from ..reparam import (ReparamBlock, bn_args, fuse_bn, fuse_conv_bn, identity_kernel, pad_kernel, scale_kernel,
+                       sum_branches, without)
 
 __all__ = [
     "ScaleLayer",
@@ -41,16 +42,6 @@ __all__ = [
 
 StateDict = Dict[str, torch.Tensor]
 BN_EPS = 1e-5
-
-
-def bn_args(sd: Mapping[str, torch.Tensor], prefix: str) -> Tuple[torch.Tensor, ...]:
-    """``(running_mean, running_var, weight, bias)`` of the BN stored under ``prefix``."""
-    return (sd[prefix + "running_mean"], sd[prefix + "running_var"], sd.get(prefix + "weight"), sd.get(prefix + "bias"))
-
-
-def without(sd: Mapping[str, torch.Tensor], prefixes: Tuple[str, ...]) -> StateDict:
-    """``sd`` minus the keys under ``prefixes`` (the train-time branches being fused away)."""
-    return {k: v for k, v in sd.items() if not k.startswith(prefixes)}
 
 
 class ScaleLayer(nn.Module):
@@ -248,17 +239,6 @@ def scale_keys(model: nn.Module) -> Dict[str, ScaleLayer]:
 ScalesSource = Union[str, os.PathLike, Mapping[str, Any], nn.Module]
 
 
-def read_scales(source: ScalesSource) -> StateDict:
-    """A scales source as a flat ``{hs key: tensor}`` dict (:func:`repzoo.optim.load_scales`).
-
-    Accepts a scale file path (the released ``*-scales.pth``), a full hs checkpoint
-    (path or ``{'model': ...}``), a dict of tensors, or a trained hs model in memory.
-    """
-    from ..optim.scales import load_scales
-
-    return load_scales(source)
-
-
 @torch.no_grad()
 def load_scales_into(model: nn.Module, source: ScalesSource) -> nn.Module:
     """Copy the scales of ``source`` into ``model``'s scale layers, matched by hs key name.
@@ -267,7 +247,9 @@ def load_scales_into(model: nn.Module, source: ScalesSource) -> nn.Module:
     source (the conv kernels and the 100-class head of a full hs checkpoint) are ignored.
     ``requires_grad`` of each scale is left as the model set it (csla freezing).
     """
-    scales = read_scales(source)
+    from ..optim.scales import load_scales
+
+    scales = load_scales(source)
     targets = scale_keys(model)
     missing = sorted(k for k in targets if k not in scales)
     wrong = sorted(k for k in targets if k in scales and tuple(scales[k].shape) != tuple(targets[k].weight.shape))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..reparam import ReparamBlock, sum_branches
+from ..reparam import ReparamBlock, sum_branches, without
 from .conv_bn import ConvBn, fused_bn, fused_conv_bn
 from .se import SEBlock
 
@@ -66,7 +66,7 @@ class RepVGGBlock(ReparamBlock):
             branches.append(fused_bn(sd, "rbr_identity.", self.in_channels, self.groups, kernel_size=1))
         kernel, bias = sum_branches(branches, 3)
         dtype = sd["rbr_dense.conv.weight"].dtype
-        out = {k: v for k, v in sd.items() if not k.startswith(("rbr_dense.", "rbr_1x1.", "rbr_identity."))}
+        out = without(sd, ("rbr_dense.", "rbr_1x1.", "rbr_identity."))
         out["rbr_reparam.weight"] = kernel.to(dtype)
         out["rbr_reparam.bias"] = bias.to(dtype)
         return out

@@ -7,9 +7,19 @@ import torch
 from torch import nn
 
 __all__ = ["ReparamBlock", "reparameterize", "convert_state_dict", "reparam_blocks", "conversion_error",
-           "conv_bn_pairs"]
+           "conv_bn_pairs", "bn_args", "without"]
 
 StateDict = Dict[str, torch.Tensor]
+
+
+def bn_args(sd: Mapping[str, torch.Tensor], prefix: str) -> Tuple[torch.Tensor, ...]:
+    """``(running_mean, running_var, weight, bias)`` of the BN stored under ``prefix`` (for ``fuse_*``)."""
+    return (sd[prefix + "running_mean"], sd[prefix + "running_var"], sd.get(prefix + "weight"), sd.get(prefix + "bias"))
+
+
+def without(sd: Mapping[str, torch.Tensor], prefixes: Tuple[str, ...]) -> StateDict:
+    """``sd`` minus the keys under ``prefixes`` (the train-time branches being fused away)."""
+    return {k: v for k, v in sd.items() if not k.startswith(prefixes)}
 
 
 class ReparamBlock(nn.Module):
@@ -61,8 +71,7 @@ def _fuse_pair_state(sd: Mapping[str, torch.Tensor], conv: str, bn: str, eps: fl
     from .fuse import fuse_conv_bn
 
     weight = sd[f"{conv}.weight"]
-    kernel, bias = fuse_conv_bn(weight, sd[f"{bn}.running_mean"], sd[f"{bn}.running_var"],
-                                sd.get(f"{bn}.weight"), sd.get(f"{bn}.bias"), eps, sd.get(f"{conv}.bias"))
+    kernel, bias = fuse_conv_bn(weight, *bn_args(sd, f"{bn}."), eps, sd.get(f"{conv}.bias"))
     return {f"{conv}.weight": kernel.to(weight.dtype), f"{conv}.bias": bias.to(weight.dtype)}
 
 
