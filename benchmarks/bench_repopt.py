@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import repzoo  # noqa: E402
 from repzoo.optim import create_repoptimizer, weight_decay_groups  # noqa: E402
 
-SCALES = Path(__file__).resolve().parents[2] / "shared" / "repopt_scales" / "RepOpt-VGG-B1-scales.pth"
 
 
 def _sync(device):
@@ -40,7 +39,7 @@ def _sync(device):
 
 
 def _scales(args):
-    return args.scales if args.scales else (SCALES if SCALES.is_file() else "RepOpt-VGG-B1")
+    return args.scales or "RepOpt-VGG-B1"  # the released scales, shipped with repzoo
 
 
 def _time(fn, device, warmup, iters):
@@ -150,7 +149,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--train-iters", type=int, default=5)
     parser.add_argument("--train-warmup", type=int, default=2)
-    parser.add_argument("--scales", default=None, help="B1 scale file (default: ../shared/repopt_scales, else the hub)")
+    parser.add_argument("--scales", default=None, help="B1 scale file (default: the released B1 scales, shipped with repzoo)")
     parser.add_argument("--only", default="all", choices=["all", "step", "train", "_train_repopt", "_train_repvgg"])
     args = parser.parse_args(argv)
     if args.only.startswith("_train_"):

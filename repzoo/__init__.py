@@ -3,21 +3,24 @@
 >>> import repzoo
 >>> model = repzoo.create_model("RepVGG-A0", deploy=True)
 """
-from .checkpoint import load_checkpoint, read_state_dict
+from . import models  # noqa: F401  (importing the family files registers every variant)
+from .catalog import list_models, model_info
 from .errors import (
     CheckpointError,
     ChecksumError,
     IncompatibleCheckpointError,
+    InvalidArgumentError,
     RepZooError,
+    StorageError,
     UnknownModelError,
     UnsafeCheckpointError,
     WeightsUnavailableError,
 )
 from .factory import create_model
 from .reparam import convert_state_dict, reparameterize
-from .registry import get_model_entry, list_models, model_info, register_model
-
-__version__ = "0.1.0"
+from .registry import get_model_entry, register_model
+from .version import __version__
+from .weights.checkpoint import load_checkpoint, read_state_dict
 
 __all__ = [
     "create_model",
@@ -36,6 +39,8 @@ __all__ = [
     "IncompatibleCheckpointError",
     "WeightsUnavailableError",
     "ChecksumError",
+    "StorageError",
+    "InvalidArgumentError",
     "__version__",
 ]
 

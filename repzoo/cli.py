@@ -12,7 +12,7 @@ __all__ = ["main"]
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .registry import list_models
+    from .catalog import list_models
 
     names = list_models(args.pattern, pretrained=args.pretrained)
     print(model_table(names) if args.markdown else "\n".join(names))
@@ -21,7 +21,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def model_table(names: List[str]) -> str:
     """The README's model table: name, alias, family, parameters of both forms, pretrained tags."""
-    from .registry import count_params, get_model_entry, pretrained_tags
+    from .catalog import count_params, pretrained_tags
+    from .registry import get_model_entry
 
     rows = ["| model | alias | family | params (train) | params (deploy) | pretrained |",
             "|---|---|---|---:|---:|---|"]
@@ -34,7 +35,7 @@ def model_table(names: List[str]) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .registry import model_info
+    from .catalog import model_info
 
     info = model_info(args.name)
     if args.json:
@@ -56,7 +57,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import save_state_dict
+    from .weights.checkpoint import save_state_dict
     from .factory import create_model
     from .reparam import conversion_error
 
@@ -80,10 +81,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _weights_report(name: str) -> list:
     """For `repzoo info`: every tag's files with sources, size, sha256 and cache state."""
-    from . import hub
-    from .manifest import load_manifest
     from .registry import name_alias
-    from .weights import deploy_cache_entries
+    from .weights import hub
+    from .weights.files import known
+    from .weights.manifest import load_manifest
+    from .weights.pretrained import deploy_cache_entries
 
     manifest = load_manifest()
     if not manifest.tags(name):
@@ -109,7 +111,8 @@ def _weights_report(name: str) -> list:
             files.append(dict(file_name=f.file_name, form=f.form, key_style=f.key_style, size=f.size,
                               sha256=f.sha256, sources=sources, manual=[str(m) for m in f.manual],
                               cached=str(path) if path.is_file() else None,
-                              recorded_sha256=hub.recorded_sha256(f.file_name), hf_cache=hf_cached))
+                              recorded_sha256=(known(f.file_name).sha256 if known(f.file_name) else None),
+                              hf_cache=hf_cached))
         prefix = f"{name_alias(model.name)}.{name_alias(w.tag)}-"
         out.append(dict(tag=w.tag, top1=w.top1, eval=w.eval.as_pretrained_cfg(), license=w.license,
                         paper=w.paper, note=w.note, files=files,
@@ -142,7 +145,7 @@ def _print_weights(report: list) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .weights import download
+    from .weights.pretrained import download
 
     path = download(args.name, tag=args.tag, deploy=args.deploy, progress=False if args.quiet else None)
     print(path)
@@ -158,8 +161,9 @@ def _human(size: int) -> str:
 
 
 def _cmd_cache_ls(args: argparse.Namespace) -> int:
-    from .hub import cache_dir, cache_entries
-    from .weights import deploy_cache_entries
+    from .weights.hub import cache_entries
+    from .weights.files import cache_dir
+    from .weights.pretrained import deploy_cache_entries
 
     files, deploy = cache_entries(), deploy_cache_entries()
     print(f"repzoo cache: {cache_dir()}")
@@ -174,9 +178,9 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_rm(args: argparse.Namespace) -> int:
-    from .hub import remove_cached
-    from .manifest import load_manifest
-    from .weights import deploy_cache_entries, remove_deploy_cached
+    from .weights.hub import remove_cached
+    from .weights.manifest import load_manifest
+    from .weights.pretrained import deploy_cache_entries, remove_deploy_cached
 
     target, removed = args.target, []
     manifest = load_manifest()

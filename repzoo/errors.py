@@ -12,6 +12,8 @@ __all__ = [
     "IncompatibleCheckpointError",
     "WeightsUnavailableError",
     "ChecksumError",
+    "StorageError",
+    "InvalidArgumentError",
 ]
 
 
@@ -44,3 +46,11 @@ class WeightsUnavailableError(RepZooError):
 
 class ChecksumError(RepZooError):
     """A downloaded or cached file whose sha256 is not the expected one."""
+
+
+class StorageError(RepZooError):
+    """The cache (or an output folder) cannot be written: full, read-only, or not a folder."""
+
+
+class InvalidArgumentError(RepZooError, ValueError):
+    """An argument repzoo cannot honour (a feature index out of range, scales for a model without any)."""

@@ -1,17 +1,22 @@
-"""``create_model``: name → registry entry → build → load weights → adapt head → deploy → features."""
+"""``create_model``: name → registry entry → build → load weights (or scales) → adapt head → deploy → features."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_state_dict
-from .errors import RepZooError, WeightsUnavailableError
-from .registry import get_model_entry
+from .errors import InvalidArgumentError, RepZooError, WeightsUnavailableError
+from .models.base import feature_indices
+from .registry import ModelEntry, resolve_name
+from .weights.adapters import adapt_state_dict, detect_key_style
+from .weights.checkpoint import load_checkpoint, read_state_dict
+from .weights import manifest
+from .weights.pretrained import load_pretrained_state_dict, pretrained_cfg
+from .weights.scales import ScaleSource, load_scales_into
 
-__all__ = ["create_model"]
+__all__ = ["create_model", "materialize", "features"]
 
 
 def create_model(
@@ -19,69 +24,80 @@ def create_model(
     pretrained: bool = False,
     *,
     deploy: bool = False,
-    checkpoint_path: Optional[Union[str, os.PathLike]] = None,
+    checkpoint_path: Optional[Union[str, os.PathLike, Mapping[str, Any]]] = None,
+    checkpoint_key: Optional[str] = None,
     num_classes: Optional[int] = None,
     features_only: bool = False,
     out_indices: Optional[Sequence[int]] = None,
     tag: Optional[str] = None,
+    scales: Optional[ScaleSource] = None,
+    pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model, optionally with weights, in its train-time or deploy form.
 
     Args:
-        name: any spelling of a registered name (``"RepVGG-A0"``, ``"repvgg_a0"``).
+        name: any spelling of a registered name (``"RepVGG-A0"``, ``"repvgg_a0"``), optionally with
+            a timm-style tag (``"RepVGG-A0.in1k"``).
         pretrained: load the released weights (see the weights manifest); ``tag`` picks one.
         deploy: build the converted (plain) form; a train-time checkpoint is converted on load.
-        checkpoint_path: a local checkpoint (train or deploy form, any supported wrapper).
-        num_classes: a head of this size; if the weights have another, the head is reset
-            (with a warning) and the rest is loaded.
+        checkpoint_path: a local checkpoint (train or deploy form, any supported wrapper and key
+            style) or an in-memory state dict; ``checkpoint_key`` picks a wrapper (``"model_ema"`` …).
+        num_classes: a head of this size (0: the model returns pooled features); if the weights
+            have another, the head is reset (with a warning) and the rest is loaded.
         features_only: return the stage feature maps (timm's ``FeatureListNet``);
-            ``out_indices`` picks the stages (default: all).
+            ``out_indices`` picks the stages (default: all; negative counts from the end).
+        scales: the constant scales of a ``-csla`` model (anything :func:`repzoo.optim.load_scales`
+            takes; default: the released scales of its architecture).
+        pretrained_cfg_overlay: entries that replace those of ``model.pretrained_cfg``.
         **kwargs: passed to the model (``in_chans``, ``drop_rate``, …).
     """
-    entry = get_model_entry(name)
+    entry, name_tag = resolve_name(name)
+    if tag is not None and name_tag is not None and tag != name_tag:
+        raise InvalidArgumentError(f"{name!r} names the tag {name_tag!r} but tag={tag!r} was passed: pass one.")
+    tag = tag or name_tag
     if pretrained and checkpoint_path is not None:
-        raise RepZooError("Pass either pretrained=True or checkpoint_path, not both.")
+        raise InvalidArgumentError("Pass either pretrained=True or checkpoint_path, not both.")
+    if scales is not None and entry.scales is None:
+        raise InvalidArgumentError(f"scales= is for the constant-scale (-csla) models, not {entry.name}.")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     state = None
     if checkpoint_path is not None:
-        state = read_state_dict(checkpoint_path)
+        state = read_state_dict(checkpoint_path, checkpoint_key=checkpoint_key)
+        state = adapt_state_dict(state, detect_key_style(state, entry.name), entry.name)
     elif pretrained:
-        state = _pretrained_state_dict(entry.name, tag, deploy)
+        state = load_pretrained_state_dict(entry.name, tag=tag, deploy=deploy)
     if state is None:
         model = entry.builder(deploy=deploy, **kwargs)
+        if entry.scales is not None and not deploy:
+            load_scales_into(model, _default_scales(entry) if scales is None else scales)
     else:
+        if scales is not None:
+            raise InvalidArgumentError("The checkpoint holds the model's scales: pass scales= or a checkpoint, not both.")
         # Build without allocating or initializing what the weights overwrite, then adopt them.
         with torch.device("meta"):
             model = entry.builder(deploy=deploy, **kwargs)
         load_checkpoint(model, state, allow_head_reset=num_classes is not None, assign=True)
         materialize(model)
-        if pretrained:
-            _apply_pretrained_cfg(model, entry.name, tag)
+    cfg = pretrained_cfg(entry.name, tag if pretrained else None)
+    cfg.update(pretrained_cfg_overlay or {}, num_classes=getattr(model, "num_classes", cfg.get("num_classes")))
+    model.pretrained_cfg = cfg
     if features_only:
         model = features(model, out_indices)
     return model
 
 
-def _pretrained_state_dict(name: str, tag: Optional[str], deploy: bool):
-    try:
-        from .weights import load_pretrained_state_dict
-    except ImportError:
+def _default_scales(entry: ModelEntry) -> str:
+    """The name of the released scale set of a csla model, or an error that says what to pass instead."""
+    released = manifest.load_manifest().scale_names()
+    if entry.scales not in released:
         raise WeightsUnavailableError(
-            f"Pretrained weights for {name} are not available in this build of repzoo. Download the "
-            "authors' file by hand and pass checkpoint_path=... instead."
-        ) from None
-    return load_pretrained_state_dict(name, tag=tag, deploy=deploy)
-
-
-def _apply_pretrained_cfg(model: nn.Module, name: str, tag: Optional[str]) -> None:
-    """The manifest's evaluation config (input size, crop_pct, interpolation, mean, std, tag) for these weights."""
-    from .weights import pretrained_cfg
-
-    cfg = dict(getattr(model, "pretrained_cfg", {}))
-    cfg.update(pretrained_cfg(name, tag), num_classes=getattr(model, "num_classes", cfg.get("num_classes")))
-    model.pretrained_cfg = cfg
+            f"No scale file was released for {entry.scales} (only for {', '.join(released)}). Run Hyper-Search "
+            f"({entry.scales}-hs) and pass its scales: create_model('{entry.name}', scales=...) takes a scale "
+            "file, an hs checkpoint or the trained hs model."
+        )
+    return entry.scales
 
 
 def materialize(model: nn.Module, device: Union[str, torch.device] = "cpu") -> nn.Module:
@@ -101,8 +117,7 @@ def features(model: nn.Module, out_indices: Optional[Sequence[int]] = None) -> n
     """Wrap ``model`` so that it returns the feature maps of the stages in ``out_indices``."""
     from timm.models import FeatureListNet
 
-    n = len(model.feature_info)
-    indices = tuple(range(n)) if out_indices is None else tuple(i % n for i in out_indices)
+    indices = tuple(feature_indices(out_indices, len(model.feature_info)))
     # Families whose stages sit one level down (GhostNet's ``blocks.N``) ask timm to flatten.
     flatten = getattr(model, "feature_flatten_sequential", False)
     return FeatureListNet(model, out_indices=indices, flatten_sequential=flatten)

@@ -1,17 +1,18 @@
-"""The model registry: canonical names, forgiving lookup, aliases, listing and info.
+"""The model registry: canonical names, forgiving lookup, aliases, and the entries themselves.
 
-Every family file registers one entrypoint per variant with :func:`register_model`;
-:func:`get_model_entry` resolves any spelling of a name (case, ``-``, ``_``, ``.``
-and spaces do not matter) to its :class:`ModelEntry`.
+Every family file registers one entrypoint per variant with :func:`register_model`, as in timm;
+the registry imports no family (``import repzoo`` imports them all).
+:func:`get_model_entry` resolves any spelling of a name (case, ``-``, ``_``, ``.`` and spaces do
+not matter), a timm-style ``name.tag`` and the timm names of shared variants.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import functools
 import re
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import UnknownModelError
 
@@ -19,14 +20,12 @@ __all__ = [
     "ModelEntry",
     "register_model",
     "get_model_entry",
-    "list_models",
-    "model_info",
+    "resolve_name",
+    "model_names",
     "name_alias",
     "normalize_name",
+    "natural_key",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize_name(name: str) -> str:
@@ -40,20 +39,27 @@ def name_alias(name: str) -> str:
 
 
 def natural_key(name: str) -> list:
-    """Sort key so that ``A2 < A10`` and ``B1 < B1g2 < B1g4 < B2``."""
-    return [(0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name.lower()) if tok]
+    """Sort key: numbers compare as numbers, decimals included (``A2 < A10``, ``B1 < B1g2 < B2``,
+    ``0.5x < 0.58x < 0.8x < 1.11x < 2.0x``)."""
+    return [(0, float(tok), "") if tok[0].isdigit() else (1, 0.0, tok)
+            for tok in re.split(r"(\d+(?:\.\d+)?)", name.lower()) if tok]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered variant: how to build it and what it is."""
+    """One registered variant: how to build it and what it is.
+
+    ``scales`` names the released RepOptimizer scale set that a constant-scale (``-csla``) model
+    takes by default; ``aliases`` are other projects' names of the same variant (timm's).
+    """
 
     name: str
     builder: Callable[..., Any] = field(repr=False)
     family: str
     paper: str
     config: Mapping[str, Any]
-    default_cfg: Mapping[str, Any]
+    scales: Optional[str] = None
+    aliases: Tuple[str, ...] = ()
 
     @property
     def alias(self) -> str:
@@ -62,20 +68,16 @@ class ModelEntry:
 
 _ENTRIES: Dict[str, ModelEntry] = {}
 _LOOKUP: Dict[str, str] = {}
+_FOREIGN: Dict[str, str] = {}  # normalized other-project name -> canonical
 
 
 def register_model(name: str, *, family: str, paper: str, config: Optional[Mapping[str, Any]] = None,
-                   default_cfg: Optional[Mapping[str, Any]] = None) -> Callable:
+                   scales: Optional[str] = None, aliases: Sequence[str] = ()) -> Callable:
     """Register an entrypoint under its canonical ``name``.
 
-    The decorated function must be named like the alias (``repvgg_a0`` for ``RepVGG-A0``)
-    and build the architecture from keyword arguments. The returned builder attaches
-    ``pretrained_cfg`` (input size, interpolation, crop_pct, mean, std, num_classes) to
-    every model it makes.
+    The decorated function must be named like the alias (``repvgg_a0`` for ``RepVGG-A0``) and
+    build the architecture from keyword arguments (``deploy``, ``num_classes``, ``in_chans`` …).
     """
-    cfg = dict(input_size=(3, 224, 224), interpolation="bilinear", crop_pct=0.875,
-               mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000)
-    cfg.update(default_cfg or {})
 
     def decorator(fn: Callable) -> Callable:
         if fn.__name__ != name_alias(name):
@@ -83,85 +85,50 @@ def register_model(name: str, *, family: str, paper: str, config: Optional[Mappi
         key = normalize_name(name)
         if key in _LOOKUP and _LOOKUP[key] != name:
             raise ValueError(f"{name!r} collides with registered {_LOOKUP[key]!r}")
-
-        @functools.wraps(fn)
-        def build(**kwargs):
-            model = fn(**kwargs)
-            model.pretrained_cfg = dict(cfg, architecture=name, num_classes=model.num_classes)
-            return model
-
-        _ENTRIES[name] = ModelEntry(name, build, family, paper, dict(config or {}), cfg)
+        _ENTRIES[name] = ModelEntry(name, fn, family, paper, dict(config or {}), scales, tuple(aliases))
         _LOOKUP[key] = name
-        _LOOKUP[normalize_name(name_alias(name))] = name
-        return build
+        for other in aliases:
+            _FOREIGN[normalize_name(other)] = name
+        return fn
 
     return decorator
 
 
-def _ensure_registered() -> None:
-    from . import models  # noqa: F401  (importing the family files registers them)
+def resolve_name(name: str) -> Tuple[ModelEntry, Optional[str]]:
+    """``(entry, tag)`` for any spelling of a name, with an optional timm-style ``.tag``
+    (``"RepVGG-A0.in1k"`` → ``(RepVGG-A0, "in1k")``). Raises :class:`UnknownModelError`."""
+    if not isinstance(name, str):
+        raise UnknownModelError(f"A model name is a string, not {type(name).__name__}.")
+    key = normalize_name(name)
+    if key in _LOOKUP:
+        return _ENTRIES[_LOOKUP[key]], None
+    if key in _FOREIGN:
+        canonical = _FOREIGN[key]
+        warnings.warn(f"{name!r} is another project's name for {canonical}; repzoo builds {canonical} with "
+                      "the authors' key names.", UserWarning, stacklevel=3)
+        return _ENTRIES[canonical], None
+    head, dot, tag = name.rpartition(".")
+    if dot and head and tag and normalize_name(head) in _LOOKUP:
+        return _ENTRIES[_LOOKUP[normalize_name(head)]], tag
+    keys = difflib.get_close_matches(key, list(_LOOKUP), n=5, cutoff=0.6)
+    close = list(dict.fromkeys(_LOOKUP[k] for k in keys))
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"Unknown model {name!r}.{hint} Run `repzoo list` or repzoo.list_models() to see all "
+        f"{len(_ENTRIES)} models."
+    )
 
 
 def get_model_entry(name: str) -> ModelEntry:
     """The entry of ``name`` in any spelling; :class:`UnknownModelError` lists the closest names."""
-    _ensure_registered()
-    canonical = _LOOKUP.get(normalize_name(name))
-    if canonical is None:
-        keys = difflib.get_close_matches(normalize_name(name), list(_LOOKUP), n=5, cutoff=0.6)
-        close = list(dict.fromkeys(_LOOKUP[k] for k in keys))
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownModelError(
-            f"Unknown model {name!r}.{hint} Run `repzoo list` or repzoo.list_models() to see all "
-            f"{len(_ENTRIES)} models."
-        )
-    return _ENTRIES[canonical]
+    return resolve_name(name)[0]
 
 
-def list_models(pattern: Optional[str] = None, pretrained: bool = False) -> List[str]:
-    """Canonical names, naturally sorted; ``pattern`` is a shell wildcard, case-insensitive,
-    matched against the canonical name and its alias; ``pretrained`` keeps the names with
-    released weights."""
-    _ensure_registered()
+def model_names(pattern: Optional[str] = None) -> List[str]:
+    """Canonical names, naturally sorted; ``pattern`` is a shell wildcard, case-insensitive, matched
+    against the canonical name and its alias."""
     names = list(_ENTRIES)
     if pattern:
         pat = pattern.lower()
         names = [n for n in names if fnmatch.fnmatchcase(n.lower(), pat) or fnmatch.fnmatchcase(name_alias(n), pat)]
-    if pretrained:
-        names = [n for n in names if pretrained_tags(n)]
     return sorted(names, key=natural_key)
-
-
-def pretrained_tags(name: str) -> List[str]:
-    """Tags of the released weights of ``name`` (``in1k`` …), read from the manifest."""
-    try:
-        from .manifest import load_manifest
-    except ImportError:  # the manifest layer is optional for the registry
-        return []
-    return load_manifest().tags(get_model_entry(name).name)
-
-
-@functools.lru_cache(maxsize=None)
-def count_params(name: str, deploy: bool) -> int:
-    """Parameters of the train-time or deploy form, counted on the ``meta`` device (no memory)."""
-    import torch
-
-    with torch.device("meta"):
-        model = get_model_entry(name).builder(deploy=deploy)
-    return sum(p.numel() for p in model.parameters())
-
-
-def model_info(name: str) -> Dict[str, Any]:
-    """What a variant is: family, paper, config, parameters of both forms, eval config, tags."""
-    entry = get_model_entry(name)
-    return {
-        "name": entry.name,
-        "alias": entry.alias,
-        "family": entry.family,
-        "paper": entry.paper,
-        "config": dict(entry.config),
-        "params_train": count_params(entry.name, False),
-        "params_deploy": count_params(entry.name, True),
-        "input_size": tuple(entry.default_cfg["input_size"]),
-        "pretrained_cfg": dict(entry.default_cfg),
-        "pretrained_tags": pretrained_tags(entry.name),
-    }

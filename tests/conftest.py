@@ -1,15 +1,96 @@
-"""Shared test helpers: float64 comparisons, randomized BN statistics, paths."""
+"""Shared test helpers and data: float64 comparisons, randomized weights, the reference's signatures
+and scale files (copied into ``tests/data``), and a guard that nothing reads outside the repository."""
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
+import json
+import lzma
+import os
+import sys
+import tarfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
+from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-SIGNATURES = SHARED / "reference" / "signatures"
-SCALES_DIR = SHARED / "repopt_scales"
+DATA = REPO_ROOT / "tests" / "data"
+SIGNATURES_ARCHIVE = DATA / "signatures.tar.xz"
+SIGNATURES_SHA256 = DATA / "signatures.sha256"
+SCALES_DIR = DATA / "repopt_scales"
+
+#: The released scale files and their sha256 (DingXiaoH/RepOptimizers @ 2e45ff5, MIT; SOURCES.md).
+SCALES_SHA256 = {
+    "RepOpt-VGG-B1-scales.pth": "9b35d848b636fb17b3775f48054806b19b92d8ff113ad368d3ebfc762d10dc36",
+    "RepOpt-VGG-B2-scales.pth": "cee5003829df36e683f35064d7957a044326418a07ff53754bee7db499d1b0a0",
+    "RepOpt-VGG-L1-scales.pth": "5c02fa844cd5b15bca520ac278b17bf853d5c2f15ef6739bc6c93cd3cb34e446",
+    "RepOpt-VGG-L2-scales.pth": "50db188177ede982f26eda0b2569f2aaad1db9b5ffa42287baf6fdd772db5728",
+    "RepOptGhostNet_0_5x_scales.pth": "d21b2e5d9eeee06fc46120fcc75084a6403a050bfad262e855167aee0404bd18",
+}
+#: The model each released scale file is for.
+SCALES_MODEL = {
+    "RepOpt-VGG-B1": "RepOpt-VGG-B1-scales.pth",
+    "RepOpt-VGG-B2": "RepOpt-VGG-B2-scales.pth",
+    "RepOpt-VGG-L1": "RepOpt-VGG-L1-scales.pth",
+    "RepOpt-VGG-L2": "RepOpt-VGG-L2-scales.pth",
+    "RepOpt-GhostNet-0.5x": "RepOptGhostNet_0_5x_scales.pth",
+}
+B1_SCALES = SCALES_DIR / "RepOpt-VGG-B1-scales.pth"
+GHOST_SCALES = SCALES_DIR / "RepOptGhostNet_0_5x_scales.pth"
+
+
+# --------------------------------------------------------------------------- the repository stands alone
+
+_OUTSIDE = (REPO_ROOT.parent / "shared").resolve()
+
+
+def _audit(event: str, args) -> None:
+    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.fsdecode(args[0])
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError):
+            return
+        if resolved == _OUTSIDE or _OUTSIDE in resolved.parents:
+            raise PermissionError(f"a test opened {path}: the repository must not read ../shared")
+
+
+sys.addaudithook(_audit)
+
+
+# --------------------------------------------------------------------------- reference data
+
+
+@functools.lru_cache(maxsize=1)
+def _signature_files() -> dict:
+    """Every signature file in the archive, checked against its recorded sha256."""
+    expected = dict(line.split()[::-1] for line in SIGNATURES_SHA256.read_text().splitlines() if line.strip())
+    files = {}
+    with tarfile.open(fileobj=io.BytesIO(lzma.decompress(SIGNATURES_ARCHIVE.read_bytes()))) as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read()
+            if hashlib.sha256(data).hexdigest() != expected.get(member.name):
+                raise AssertionError(f"signature file {member.name} is not intact")
+            files[member.name] = data
+    if set(files) != set(expected):
+        raise AssertionError(f"signature archive and list differ: {sorted(set(files) ^ set(expected))}")
+    return files
+
+
+def signature(name: str) -> dict:
+    """The reference signature of ``name``: ``{"signature_train": {key: shape}, "signature_deploy": …}``."""
+    return json.loads(_signature_files()[f"{name}.json"])
+
+
+def signature_names() -> list:
+    return sorted(n[: -len(".json")] for n in _signature_files())
+
+
+# --------------------------------------------------------------------------- helpers
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -27,6 +108,20 @@ def meta_model(name: str, **kwargs):
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def randomize_bn(model: nn.Module, generator: Optional[torch.Generator] = None) -> nn.Module:
+    """Give every BN non-trivial statistics and affine parameters (what training would)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            shape = m.running_mean.shape
+            m.running_mean.copy_(torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5)
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=generator, dtype=torch.float64))
+            if m.affine:
+                m.weight.copy_(0.5 + torch.rand(shape, generator=generator, dtype=torch.float64))
+                m.bias.copy_(torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -53,4 +148,5 @@ def float64():
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never read or write the user's cache (tests that need one set their own REPZOO_HOME)."""
     monkeypatch.setenv("REPZOO_HOME", str(tmp_path_factory.mktemp("repzoo_home")))
-    monkeypatch.delenv("REPZOO_MIRROR", raising=False)
+    for var in ("REPZOO_MIRROR", "REPZOO_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)

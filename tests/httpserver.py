@@ -19,6 +19,7 @@ download); a handler can block on a ``threading.Event`` to hold a download mid-f
 """
 from __future__ import annotations
 
+import hashlib
 import http.server
 import re
 import threading
@@ -56,10 +57,20 @@ Handler = Callable[[Request], Response]
 
 
 def file_response(req: Request, data: bytes, *, headers: Optional[Mapping[str, str]] = None,
-                  ranges: bool = True, content_type: str = "application/octet-stream") -> Response:
-    """Serve ``data`` the way a static file server does: 200, or 206 for ``Range: bytes=N-[M]``."""
-    hdrs = {"Content-Type": content_type, "Accept-Ranges": "bytes" if ranges else "none", **(headers or {})}
+                  ranges: bool = True, content_type: str = "application/octet-stream",
+                  etag: Optional[str] = "auto") -> Response:
+    """Serve ``data`` the way a static file server does: 200, or 206 for ``Range: bytes=N-[M]``.
+
+    A strong ``ETag`` (a hash of ``data``, unless ``etag`` gives another or None for none) is sent, and
+    a range whose ``If-Range`` does not match it gets the whole file (RFC 9110 §13.1.5).
+    """
+    tag = f'"{hashlib.sha1(data).hexdigest()}"' if etag == "auto" else etag
+    hdrs = {"Content-Type": content_type, "Accept-Ranges": "bytes" if ranges else "none",
+            **({"ETag": tag} if tag else {}), **(headers or {})}
     rng = req.headers.get("range")
+    if_range = req.headers.get("if-range")
+    if if_range is not None and if_range != hdrs.get("ETag"):
+        rng = None
     if ranges and rng:
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
         if m:

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import repzoo
-from repzoo.adapters import adapt_state_dict, key_styles
-from repzoo.demo import randomize_bn
+from repzoo.weights.adapters import adapt_state_dict, key_styles
 from repzoo.errors import IncompatibleCheckpointError
 
-from conftest import rel_diff
+from conftest import randomize_bn, rel_diff
 
 timm = pytest.importorskip("timm")
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import repzoo
-from repzoo.demo import randomize_bn
 
-from conftest import rel_diff
+from conftest import randomize_bn, rel_diff
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +180,7 @@ def test_same_num_classes_loads_without_warning(a0):
 
 
 def test_save_state_dict_is_atomic_and_readable(tmp_path, a0):
-    from repzoo.checkpoint import save_state_dict
+    from repzoo.weights.checkpoint import save_state_dict
 
     for name in ("w.safetensors", "w.pth"):
         save_state_dict(a0.state_dict(), tmp_path / name)

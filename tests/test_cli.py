@@ -8,9 +8,8 @@ import torch
 
 import repzoo
 from repzoo.cli import main
-from repzoo.demo import randomize_bn
 
-from conftest import rel_diff
+from conftest import randomize_bn, rel_diff
 
 
 def test_list(capsys):

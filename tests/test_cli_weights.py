@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import repzoo
+
+from conftest import randomize_bn
 from repzoo.cli import main
-from repzoo.demo import randomize_bn
 
 A0_FILE = "RepVGG-A0-train.pth"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -95,7 +96,7 @@ def test_predict_unreadable_image_is_a_clear_error(mirror, capsys):
 
 
 def test_download_info_and_cache_commands(offline, monkeypatch, capsys):
-    from repzoo.hub import cache_path
+    from repzoo.weights.hub import cache_path
 
     # A file fetched by hand and put into the cache (no mirror): its hash is recorded on first use.
     src = offline / A0_FILE
@@ -139,7 +140,7 @@ def test_download_info_and_cache_commands(offline, monkeypatch, capsys):
 
 
 def test_cache_rm_single_file(offline, capsys):
-    from repzoo.hub import cache_path, recorded_sha256
+    from repzoo.weights.hub import cache_path, recorded_sha256
 
     path = cache_path("RepOpt-VGG-B1-scales.pth")
     path.write_bytes(b"x" * 10)

@@ -103,11 +103,25 @@ def test_timm_data_config_reads_pretrained_cfg():
     assert cfg["input_size"] == (3, 320, 320) and cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear"
 
 
+def _scales_kwargs(name):
+    """A csla model without released scales takes them from its caller: give it ones."""
+    from repzoo.weights.manifest import load_manifest
+    from repzoo.weights.scales import scale_keys
+
+    entry = repzoo.get_model_entry(name)
+    if entry.scales is None or entry.scales in load_manifest().scale_names():
+        return {}
+    with torch.device("meta"):
+        hs = repzoo.create_model(f"{entry.scales}-hs")
+    return {"scales": {k: torch.ones(m.weight.shape) for k, m in scale_keys(hs).items()}}
+
+
 @pytest.mark.parametrize("name", repzoo.list_models())
 def test_every_registered_model_follows_the_contract(name):
     """Shapes only, on the meta device: cheap enough for every variant of every family."""
+    kwargs = _scales_kwargs(name)
     with torch.device("meta"):
-        model = repzoo.create_model(name, num_classes=11).eval()
+        model = repzoo.create_model(name, num_classes=11, **kwargs).eval()
         x = torch.empty(2, 3, 64, 96)
         feats = model.forward_features(x)
         assert feats.shape[:2] == (2, model.num_features)
@@ -117,7 +131,11 @@ def test_every_registered_model_follows_the_contract(name):
         assert model(x).shape == (2, 11) and model.get_classifier().out_features == 11
         model.reset_classifier(5)
         assert model(x).shape == (2, 5)
-        stages = repzoo.create_model(name, features_only=True)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, hidden)  # no head: the pooled pre-logits, as timm
+        headless = repzoo.create_model(name, num_classes=0, **kwargs).eval()
+        assert headless(x).shape == (2, hidden) and headless.num_classes == 0
+        stages = repzoo.create_model(name, features_only=True, **kwargs)
         outs = stages(x)
     assert [o.shape[1] for o in outs] == [i["num_chs"] for i in model.feature_info]
     assert [64 // o.shape[-2] for o in outs] == [i["reduction"] for i in model.feature_info]

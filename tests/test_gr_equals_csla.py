@@ -9,7 +9,6 @@ equivalent kernel is computed here, independently: ``s_conv·W + pad(s_1x1·W1) 
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +17,9 @@ from torch import nn
 
 from repzoo.optim import RepOptimizerSGD, create_repoptimizer, get_handler
 
-SCALES = Path(__file__).resolve().parents[1].parent / "shared" / "repopt_scales"
-B1 = SCALES / "RepOpt-VGG-B1-scales.pth"
-GHOST = SCALES / "RepOptGhostNet_0_5x_scales.pth"
+from conftest import B1_SCALES, GHOST_SCALES
+
+B1, GHOST = B1_SCALES, GHOST_SCALES
 N = 8  # channels per block after slicing
 
 
@@ -282,7 +281,8 @@ def test_adamw_ghost_modules_with_positive_scales():
 def test_sgd_with_repzoos_csla_and_target_blocks():
     """repzoo's LinearAddBlock(csla) / RepGhostModule('csla') vs RepOptVGGBlock / RepGhostModule('target')."""
     from repzoo.layers.ghost import RepGhostModule
-    from repzoo.layers.repopt import LinearAddBlock, RepOptVGGBlock, load_scales_into
+    from repzoo.layers.repopt import LinearAddBlock, RepOptVGGBlock
+    from repzoo.weights.scales import load_scales_into
 
     b1, ghost = torch.load(B1, weights_only=True), torch.load(GHOST, weights_only=True)
     names, scales = ["0", "4", "5"], {}

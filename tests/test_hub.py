@@ -6,6 +6,7 @@ from repzoo. The back-off sleep is replaced by a recorder, so no test waits on r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -16,30 +17,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import SCALES_DIR, SCALES_MODEL, SCALES_SHA256
 from httpserver import Response, Server, file_response, html_response
-from repzoo import hub
+from repzoo.weights import hub
 from repzoo.errors import ChecksumError, RepZooError, WeightsUnavailableError
-from repzoo.hub import Source
-
-SCALES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "repopt_scales"
-# sha256 of the released scale files, as listed in shared/repopt_scales/SOURCES.md
-SCALES_SHA256 = {
-    "RepOpt-VGG-B1-scales.pth": "9b35d848b636fb17b3775f48054806b19b92d8ff113ad368d3ebfc762d10dc36",
-    "RepOpt-VGG-B2-scales.pth": "cee5003829df36e683f35064d7957a044326418a07ff53754bee7db499d1b0a0",
-    "RepOpt-VGG-L1-scales.pth": "5c02fa844cd5b15bca520ac278b17bf853d5c2f15ef6739bc6c93cd3cb34e446",
-    "RepOpt-VGG-L2-scales.pth": "50db188177ede982f26eda0b2569f2aaad1db9b5ffa42287baf6fdd772db5728",
-    "RepOptGhostNet_0_5x_scales.pth": "d21b2e5d9eeee06fc46120fcc75084a6403a050bfad262e855167aee0404bd18",
-}
-SCALES_MODEL = {
-    "RepOpt-VGG-B1": "RepOpt-VGG-B1-scales.pth",
-    "RepOpt-VGG-B2": "RepOpt-VGG-B2-scales.pth",
-    "RepOpt-VGG-L1": "RepOpt-VGG-L1-scales.pth",
-    "RepOpt-VGG-L2": "RepOpt-VGG-L2-scales.pth",
-    "RepOpt-GhostNet-0.5x": "RepOptGhostNet_0_5x_scales.pth",
-}
+from repzoo.weights.manifest import Source
 
 DATA = random.Random(0).randbytes(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
+ETAG = f'"{hashlib.sha1(DATA).hexdigest()}"'  # what file_response sends for DATA
 NAME = "w.pth"
 
 
@@ -52,10 +38,16 @@ def _flip(data: bytes, at: int = 1000) -> bytes:
 
 
 def _leftovers(home: Path):
-    """Every file under the cache except the (empty) lock files."""
+    """Every file under the cache except the (empty) lock files and the verification records."""
     if not home.exists():
         return []
-    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and p.suffix != ".lock")
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*")
+                  if p.is_file() and p.suffix != ".lock" and p.parent.name not in ("known", "stat"))
+
+
+def _records(home: Path):
+    """The first-use records (``known/``) in the cache."""
+    return sorted(p.name for p in (home / "known").glob("*.json")) if (home / "known").is_dir() else []
 
 
 @pytest.fixture
@@ -89,11 +81,12 @@ def test_download_is_verified_cached_and_recorded(env):
         assert srv.count() == 1  # the second call was a cache hit
     assert hub.cached_file(NAME) == path
     assert hub.recorded_sha256(NAME) == SHA
-    assert (env.files / (NAME + ".sha256")).read_text().split()[0] == SHA
+    assert json.loads((env.home / "known" / (NAME + ".json")).read_text())["sha256"] == SHA
     assert hub.cache_entries() == [{"file_name": NAME, "path": path, "size": len(DATA), "sha256": SHA}]
-    assert _leftovers(env.home) == ["files/w.pth", "files/w.pth.sha256"]
+    assert _leftovers(env.home) == ["files/w.pth"]
     assert hub.remove_cached(NAME) is True
     assert hub.remove_cached(NAME) is False
+    assert _records(env.home) == [] and hub.recorded_sha256(NAME) is None
     assert hub.cached_file(NAME) is None and hub.cache_entries() == []
 
 
@@ -102,7 +95,7 @@ def test_resume_after_dropped_connection(env):
 
     def handler(req):
         if req.index == 0:
-            return Response(200, DATA, {"Accept-Ranges": "bytes"}, drop_after=cut)
+            return Response(200, DATA, {"Accept-Ranges": "bytes", "ETag": ETAG}, drop_after=cut)
         return file_response(req, DATA)
 
     with Server({"/" + NAME: handler}) as srv:
@@ -112,7 +105,7 @@ def test_resume_after_dropped_connection(env):
     assert "range" not in reqs[0].headers
     assert reqs[1].headers["range"] == f"bytes={cut}-"
     assert _sha(path.read_bytes()) == SHA
-    assert _leftovers(env.home) == ["files/w.pth", "files/w.pth.sha256"]
+    assert _leftovers(env.home) == ["files/w.pth"]
 
 
 def test_partial_file_is_resumed_by_a_later_call_when_sha256_is_known(env):
@@ -123,14 +116,14 @@ def test_partial_file_is_resumed_by_a_later_call_when_sha256_is_known(env):
         if healthy.is_set():
             return file_response(req, DATA)
         if req.index == 0:
-            return Response(200, DATA, drop_after=cut)
+            return Response(200, DATA, {"ETag": ETAG}, drop_after=cut)
         return Response(503, b"busy")
 
     with Server({"/" + NAME: handler}) as srv:
         src = [Source("url", srv.url + "/" + NAME)]
         with pytest.raises(WeightsUnavailableError, match="HTTP 503"):
             hub.fetch(NAME, sources=src, sha256=SHA)
-        assert srv.count() == hub._MAX_TRIES
+        assert srv.count() == 1 + hub._RETRIES + 1  # the dropped download, then the resume and its retries
         assert (env.files / (NAME + ".part")).stat().st_size == cut
         healthy.set()
         path = hub.fetch(NAME, sources=src, sha256=SHA)
@@ -141,21 +134,22 @@ def test_partial_file_is_resumed_by_a_later_call_when_sha256_is_known(env):
 
 def test_500_is_retried_with_backoff(env):
     def handler(req):
-        return Response(500, b"oops") if req.index == 0 else file_response(req, DATA)
+        return Response(500, b"oops") if req.index < 2 else file_response(req, DATA)
 
     with Server({"/" + NAME: handler}) as srv:
         path = hub.fetch(NAME, sources=[Source("url", srv.url + "/" + NAME)], sha256=SHA)
-        assert srv.count() == 2
+        assert srv.count() == 3
     assert path.read_bytes() == DATA
-    assert env.delays == [hub._BASE_DELAY]
+    # urllib3's schedule: the first retry at once, then backoff_factor * 2 ** (n - 1)
+    assert env.delays == [hub._BACKOFF * 2]
 
 
 def test_transient_errors_back_off_exponentially_then_give_up(env):
     with Server({"/" + NAME: lambda req: Response(503, b"down")}) as srv:
         with pytest.raises(WeightsUnavailableError) as info:
             hub.fetch(NAME, sources=[Source("url", srv.url + "/" + NAME)], sha256=SHA)
-        assert srv.count() == hub._MAX_TRIES
-    assert env.delays == [hub._BASE_DELAY * 2 ** i for i in range(hub._MAX_TRIES - 1)]
+        assert srv.count() == hub._RETRIES + 1
+    assert env.delays == [hub._BACKOFF * 2 ** i for i in range(1, hub._RETRIES)]
     assert "503" in str(info.value)
     assert _leftovers(env.home) == []
 
@@ -247,12 +241,13 @@ def test_progress_bar_and_silencing(env, capsys):
 _CHILD = r"""
 import importlib.util, logging, sys, types, urllib.request
 
-# import repzoo.hub without repzoo/__init__ (which imports torch: seconds per process)
-pkg = types.ModuleType("repzoo")
-pkg.__path__ = list(importlib.util.find_spec("repzoo").submodule_search_locations)
-pkg.__version__ = "test"
-sys.modules["repzoo"] = pkg
-from repzoo import hub
+# import repzoo.weights.hub without the package __init__ files (which import torch: seconds per process)
+root = list(importlib.util.find_spec("repzoo").submodule_search_locations)[0]
+for name, folder in (("repzoo", root), ("repzoo.weights", root + "/weights")):
+    pkg = types.ModuleType(name)
+    pkg.__path__ = [folder]
+    sys.modules[name] = pkg
+from repzoo.weights import hub
 
 base, sha = sys.argv[1], sys.argv[2]
 
@@ -261,7 +256,7 @@ class Signal(logging.Handler):
         if record.getMessage().startswith("waiting for another process"):
             urllib.request.urlopen(base + "/waiting").read()
 
-log = logging.getLogger("repzoo.hub")
+log = logging.getLogger("repzoo.weights.hub")
 log.setLevel(logging.INFO)
 log.addHandler(Signal())
 path = hub.fetch("w.pth", sources=[hub.Source("url", base + "/w.pth")], sha256=sha, progress=False)
@@ -353,7 +348,7 @@ def test_mirror_folder_is_used_first_and_in_place(env, monkeypatch):
     with _serve() as srv:
         assert hub.fetch(NAME, sources=[Source("url", srv.url + "/" + NAME)], sha256=SHA) == mirror / NAME
         assert srv.count() == 0
-    assert _leftovers(env.home) == []
+    assert _leftovers(env.home) == [] and _records(env.home) == [NAME + ".json"]  # nothing copied; its hash known
 
 
 def test_a_bad_mirror_file_is_skipped(env, monkeypatch):
@@ -515,7 +510,7 @@ def test_hub_prefilled_cache_offline(env, monkeypatch):
 
 
 BAD_NAMES = ["../x.pth", "../../etc/passwd", "/etc/passwd", "a/b.pth", "a\\b.pth", "..", ".", ".hidden",
-             "", "x.pth.part", "x.pth.sha256", "x\x00.pth", "C:x.pth"]
+             "", "x.pth.part", "x.pth.json", "x\x00.pth", "C:x.pth"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -567,29 +562,38 @@ def test_real_scale_files_verify_and_a_flipped_byte_is_refused(env):
     assert not (env.files / (name + ".part")).exists()
 
 
+@pytest.fixture
+def no_packaged_scales(tmp_path, monkeypatch):
+    """As if the package shipped no copies: the released .pth files are fetched."""
+    import repzoo.weights.scales as scales
+
+    monkeypatch.setattr(scales, "DATA_DIR", tmp_path / "no_packaged_copies")
+    return scales
+
+
 @pytest.mark.parametrize("model", sorted(SCALES_MODEL))
-def test_fetch_scales_against_the_manifest(env, monkeypatch, model):
+def test_released_scales_are_fetched_against_the_manifest(env, monkeypatch, no_packaged_scales, model):
     name = SCALES_MODEL[model]
     with _scales_server() as srv:
         monkeypatch.setenv("REPZOO_MIRROR", srv.url + "/mirror")
-        path = hub.fetch_scales(model)
+        path = no_packaged_scales.released_scales(model)
         assert srv.count("/mirror/" + name) == 1
     assert _sha(path.read_bytes()) == SCALES_SHA256[name]
 
 
-def test_fetch_scales_refuses_a_flipped_byte(env, monkeypatch):
+def test_released_scales_refuse_a_flipped_byte(env, monkeypatch, no_packaged_scales):
+    from repzoo.weights.manifest import load_manifest
+
     name = SCALES_MODEL["RepOpt-GhostNet-0.5x"]
     flipped = _flip((SCALES_DIR / name).read_bytes(), 99)
     with Server(lambda req: file_response(req, flipped)) as srv:
         monkeypatch.setenv("REPZOO_MIRROR", srv.url)
-        import repzoo.manifest as manifest
-
-        rec = manifest.load_manifest().scales("RepOpt-GhostNet-0.5x")
+        rec = load_manifest().scales("RepOpt-GhostNet-0.5x")
         assert rec.sha256 == SCALES_SHA256[name]
         # the manifest's own source is a public URL: keep the test on 127.0.0.1
         monkeypatch.setattr(hub, "fetch", _local_sources(hub.fetch, srv.url))
         with pytest.raises(ChecksumError):
-            hub.fetch_scales("RepOpt-GhostNet-0.5x")
+            no_packaged_scales.released_scales("RepOpt-GhostNet-0.5x")
         assert srv.count("/" + name) == 1 and srv.count("/gone/" + name) == 1
     assert _leftovers(env.home) == []
 
@@ -614,12 +618,20 @@ def test_a_read_only_cache_still_serves_its_files(env, monkeypatch):
 
     with _serve() as srv:
         path = hub.fetch(NAME, sources=[Source("url", srv.url + "/" + NAME)], sha256=SHA)
-    (env.files / (NAME + ".sha256")).unlink()  # force a full check, which cannot write its record
+    import shutil
+
+    import repzoo.weights.files as files
+
+    shutil.rmtree(env.home / "stat")  # force a full check, which cannot write its record
 
     def refuse(*args, **kwargs):  # what a read-only folder answers (chmod does not stop root)
         raise PermissionError(13, "Read-only file system")
 
+    def refuse_record(path, *args, **kwargs):
+        raise files.storage_error(PermissionError(30, "Read-only file system"), path, "a record")
+
     monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
-    monkeypatch.setattr(hub, "_write_record", refuse)
+    monkeypatch.setattr(files, "_write_json", refuse_record)
     assert hub.fetch(NAME, sha256=SHA) == path
     assert hub.cached_file(NAME) == path
+    assert not list((env.home / "stat").glob("*.json"))

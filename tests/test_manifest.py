@@ -5,15 +5,17 @@ import hashlib
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import repzoo
 from repzoo.errors import RepZooError
-from repzoo.manifest import Manifest, load_manifest
+from repzoo.weights.manifest import Manifest, load_manifest
 
-from conftest import REPO_ROOT, SCALES_DIR
+from conftest import REPO_ROOT, SCALES_DIR, SCALES_MODEL, SCALES_SHA256
 
 ROOT_MANIFEST = REPO_ROOT / "weights_manifest.json"
-PACKAGED = REPO_ROOT / "repzoo" / "weights_manifest.json"
+PACKAGED = REPO_ROOT / "repzoo" / "weights" / "weights_manifest.json"
 SCHEMA = REPO_ROOT / "docs" / "weights_manifest.schema.json"
 
 #: Every model the manifest must describe (weights_sources.md): RepVGG x15, RepOpt-VGG x4,
@@ -29,18 +31,11 @@ EXPECTED_MODELS = (
     + [f"RepMLPNet-{v}" for v in ("T224", "B224", "T256", "B256", "D256", "L256")]
 )
 
-#: Manifest names whose family may not be built yet in this checkout (data now, loadable later).
-NOT_YET_BUILT = set(EXPECTED_MODELS) - {f"RepVGG-{v}" for v in "A0 A1 A2 B0 B1 B1g2 B1g4 B2 B2g2 B2g4 B3 B3g2 B3g4 D2se".split()} - {"RepVGGplus-L2pse"}
+#: Manifest names whose family is not built yet (OREPA, RepMLPNet); every other name must be registered.
+NOT_YET_BUILT = {n for n in EXPECTED_MODELS if n.startswith(("OREPA-", "RepMLPNet-"))}
 
 #: SOURCES.md: the five released scale files and their sha256.
-SCALES = {
-    "RepOpt-VGG-B1": ("RepOpt-VGG-B1-scales.pth", "9b35d848b636fb17b3775f48054806b19b92d8ff113ad368d3ebfc762d10dc36"),
-    "RepOpt-VGG-B2": ("RepOpt-VGG-B2-scales.pth", "cee5003829df36e683f35064d7957a044326418a07ff53754bee7db499d1b0a0"),
-    "RepOpt-VGG-L1": ("RepOpt-VGG-L1-scales.pth", "5c02fa844cd5b15bca520ac278b17bf853d5c2f15ef6739bc6c93cd3cb34e446"),
-    "RepOpt-VGG-L2": ("RepOpt-VGG-L2-scales.pth", "50db188177ede982f26eda0b2569f2aaad1db9b5ffa42287baf6fdd772db5728"),
-    "RepOpt-GhostNet-0.5x": ("RepOptGhostNet_0_5x_scales.pth",
-                             "d21b2e5d9eeee06fc46120fcc75084a6403a050bfad262e855167aee0404bd18"),
-}
+SCALES = {model: (file_name, SCALES_SHA256[file_name]) for model, file_name in SCALES_MODEL.items()}
 
 #: timm 1.0.31 re-hosts 11 of the 15 RepVGGs (weights_sources.md).
 TIMM_REPVGG = "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()
@@ -185,22 +180,57 @@ def test_list_models_and_model_info_read_the_manifest(monkeypatch, data):
         dict(reduced["models"]["RepVGG-B0"]["weights"][0], tag="extra_tag", files=[
             dict(reduced["models"]["RepVGG-B0"]["weights"][0]["files"][0], file_name="extra.pth")]))
     fake = Manifest(reduced)
-    monkeypatch.setattr("repzoo.manifest.load_manifest", lambda: fake)
+    monkeypatch.setattr("repzoo.weights.manifest.load_manifest", lambda: fake)
     assert "RepVGG-A0" not in repzoo.list_models(pretrained=True)
     assert "RepVGG-A0" in repzoo.list_models()
     assert repzoo.model_info("RepVGG-A0")["pretrained_tags"] == []
     assert repzoo.model_info("RepVGG-B0")["pretrained_tags"] == ["in1k", "extra_tag"]
 
 
-def test_fetch_scales_verifies_the_real_files_against_the_manifest(tmp_path, monkeypatch):
-    """The real scale files, offered through a mirror folder, pass the manifest's sha256 and size; a flipped byte fails."""
-    from repzoo.errors import ChecksumError
-    from repzoo.hub import fetch_scales
+def test_packaged_scales_equal_the_released_files_tensor_for_tensor(monkeypatch):
+    """The package's safetensors copies hold exactly the released .pth tensors, and are used offline."""
+    from repzoo.weights.scales import released_scales
 
+    monkeypatch.setenv("REPZOO_OFFLINE", "1")
+    m = load_manifest()
+    for name, (file_name, _) in SCALES.items():
+        path = released_scales(name)
+        assert path.suffix == ".safetensors" and path.parent.name == "data"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == m.scales(name).packaged.sha256
+        packaged = load_file(str(path))
+        released = torch.load(SCALES_DIR / file_name, weights_only=True)
+        assert list(packaged) == list(released) or set(packaged) == set(released)
+        for key, value in released.items():
+            assert packaged[key].dtype == value.dtype and torch.equal(packaged[key], value), key
+
+
+def test_a_damaged_packaged_copy_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    import repzoo.weights.scales as scales
+    from repzoo.errors import ChecksumError
+
+    data = tmp_path / "data"
+    shutil.copytree(scales.DATA_DIR, data)
+    target = data / load_manifest().scales("RepOpt-VGG-B1").packaged.file
+    raw = bytearray(target.read_bytes())
+    raw[-10] ^= 0x01
+    target.write_bytes(bytes(raw))
+    monkeypatch.setattr(scales, "DATA_DIR", data)
+    with pytest.raises(ChecksumError, match="Reinstall"):
+        scales.released_scales("RepOpt-VGG-B1")
+
+
+def test_without_a_packaged_copy_the_released_file_is_fetched_and_verified(tmp_path, monkeypatch):
+    """The .pth from a mirror folder passes the manifest's sha256 and size; a flipped byte fails."""
+    import repzoo.weights.scales as scales
+    from repzoo.errors import ChecksumError
+
+    monkeypatch.setattr(scales, "DATA_DIR", tmp_path / "empty")
     monkeypatch.setenv("REPZOO_OFFLINE", "1")
     monkeypatch.setenv("REPZOO_MIRROR", str(SCALES_DIR))
     for name, (file_name, _) in SCALES.items():
-        assert fetch_scales(name) == SCALES_DIR / file_name
+        assert scales.released_scales(name) == SCALES_DIR / file_name
     bad = tmp_path / "mirror"
     bad.mkdir()
     data = bytearray((SCALES_DIR / "RepOpt-VGG-B1-scales.pth").read_bytes())
@@ -208,4 +238,4 @@ def test_fetch_scales_verifies_the_real_files_against_the_manifest(tmp_path, mon
     (bad / "RepOpt-VGG-B1-scales.pth").write_bytes(bytes(data))
     monkeypatch.setenv("REPZOO_MIRROR", str(bad))
     with pytest.raises(ChecksumError):
-        fetch_scales("RepOpt-VGG-B1")
+        scales.released_scales("RepOpt-VGG-B1")

@@ -6,7 +6,6 @@ import math
 import subprocess
 import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,9 +25,10 @@ from repzoo.optim import (
     weight_decay_groups,
 )
 
-SCALES = Path(__file__).resolve().parents[1].parent / "shared" / "repopt_scales"
-B1 = SCALES / "RepOpt-VGG-B1-scales.pth"
-GHOST = SCALES / "RepOptGhostNet_0_5x_scales.pth"
+from conftest import B1_SCALES, GHOST_SCALES, SCALES_DIR
+
+B1, GHOST = B1_SCALES, GHOST_SCALES
+SCALES = SCALES_DIR
 
 
 # ----------------------------------------------------------------------- small models

@@ -4,10 +4,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import repzoo
-from repzoo.demo import randomize_bn
 from repzoo.reparam import fuse_conv_bn, pad_kernel, sum_branches
 
-from conftest import rel_diff
+from conftest import randomize_bn, rel_diff
 
 
 def test_fuse_conv_bn_equals_conv_then_eval_bn(float64):

@@ -1,23 +1,20 @@
 """RepGhostNet / RepOpt-GhostNet: keys, sizes, hs init, csla scales, deploy conversion, timm adapter.
 
-Expected values come from ``shared/reference/repvgg_repopt.md`` (§1.4 channel table and
+Expected values come from the reference study of DingXiaoH/RepVGG and RepOptimizers (§1.4 channel table and
 parameter counts, §2.5 modes and scale init), the signature files, the released scale file
 and timm's own ``repghostnet_*`` models (an independent implementation).
 """
-import json
 import math
 
 import pytest
 import torch
 
 import repzoo
-from repzoo.adapters import adapt_state_dict
-from repzoo.demo import randomize_bn
+from repzoo.weights.adapters import adapt_state_dict
 from repzoo.errors import IncompatibleCheckpointError, RepZooError
 
-from conftest import SCALES_DIR, SIGNATURES, meta_model, n_params, rel_diff
+from conftest import GHOST_SCALES, meta_model, n_params, randomize_bn, rel_diff, signature
 
-GHOST_SCALES = SCALES_DIR / "RepOptGhostNet_0_5x_scales.pth"
 WIDTHS = ["0.5x", "0.58x", "0.8x", "1.0x", "1.11x", "1.3x", "1.5x", "2.0x"]
 TIMM = dict(zip(WIDTHS, ["050", "058", "080", "100", "111", "130", "150", "200"]))
 SCALE_SUFFIXES = ("fusion_scale.weight", "cheap_operation.1.weight")
@@ -37,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("name", ["RepGhostNet-0.5x", "RepOpt-GhostNet-0.5x"])
 def test_train_signature_matches_reference(name):
-    expected = json.loads((SIGNATURES / f"{name}.json").read_text())["signature_train"]
+    expected = signature(name)["signature_train"]
     got = [(k, list(v.shape)) for k, v in meta_model(name).state_dict().items()]
     assert got == [(k, list(v)) for k, v in expected.items()]
 
@@ -110,8 +107,7 @@ def test_real_scale_file_loads_into_csla_and_freezes_like_the_reference():
 
 
 def test_csla_default_scales(monkeypatch):
-    monkeypatch.setenv("REPZOO_MIRROR", str(SCALES_DIR))
-    monkeypatch.setenv("REPZOO_OFFLINE", "1")
+    monkeypatch.setenv("REPZOO_OFFLINE", "1")  # the packaged copy of the released 0.5x file
     model = repzoo.create_model("RepOpt-GhostNet-0.5x-csla")
     scales = torch.load(GHOST_SCALES, weights_only=True)
     k = "blocks.8.3.ghost2.cheap_operation.1.weight"

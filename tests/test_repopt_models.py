@@ -1,22 +1,18 @@
 """RepOpt-VGG in every form: keys, sizes, Hyper-Search init, CSLA freezing and scales, deploy conversion.
 
-Expected values come from ``shared/reference/repvgg_repopt.md`` (§1.3 parameter counts,
+Expected values come from the reference study of DingXiaoH/RepVGG and RepOptimizers (§1.3 parameter counts,
 §2.4 init values and freezing), the signature files and the released scale files.
 """
-import json
 import math
 
 import pytest
 import torch
 
 import repzoo
-from repzoo.demo import randomize_bn
-from repzoo.errors import IncompatibleCheckpointError, RepZooError
+from repzoo.errors import IncompatibleCheckpointError, InvalidArgumentError
 
-from conftest import SCALES_DIR, SIGNATURES, meta_model, n_params, rel_diff
+from conftest import B1_SCALES, GHOST_SCALES, SCALES_DIR, SCALES_MODEL, meta_model, n_params, randomize_bn, rel_diff, signature
 
-B1_SCALES = SCALES_DIR / "RepOpt-VGG-B1-scales.pth"
-GHOST_SCALES = SCALES_DIR / "RepOptGhostNet_0_5x_scales.pth"
 SCALE_SUFFIXES = ("scale_conv.weight", "scale_1x1.weight", "scale_identity.weight")
 
 
@@ -29,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", ["RepOpt-VGG-B1", "RepOpt-VGG-B2", "RepOpt-VGG-L1", "RepOpt-VGG-L2",
                                   "RepOpt-VGG-B1-hs"])
 def test_train_signature_matches_reference(name):
-    expected = json.loads((SIGNATURES / f"{name}.json").read_text())["signature_train"]
+    expected = signature(name)["signature_train"]
     got = [(k, list(v.shape)) for k, v in meta_model(name).state_dict().items()]
     assert got == [(k, list(v)) for k, v in expected.items()]  # keys, order and shapes
 
@@ -45,7 +41,7 @@ def test_param_counts_match_reference(name, params):
 
 def test_csla_and_repvgg_keys():
     """csla has exactly the hs keys; the repvgg form uses RepOptimizers' own branch names."""
-    hs = json.loads((SIGNATURES / "RepOpt-VGG-B1-hs.json").read_text())["signature_train"]
+    hs = signature("RepOpt-VGG-B1-hs")["signature_train"]
     assert list(meta_model("RepOpt-VGG-B1-csla").state_dict()) == list(hs)
     keys = set(meta_model("RepOpt-VGG-B1-repvgg").state_dict())
     for k in ("stage0.conv_3x3.weight", "stage0.bn_3x3.running_var", "stage0.conv_1x1.weight", "stage0.bn_1x1.bias",
@@ -134,18 +130,14 @@ def test_scales_from_a_dict_or_an_hs_checkpoint():
     assert all(torch.equal(sd[k], v) for k, v in scales.items())
 
 
-def test_csla_default_scales_come_from_the_released_file(monkeypatch):
-    monkeypatch.setenv("REPZOO_MIRROR", str(SCALES_DIR))
+@pytest.mark.parametrize("arch", ["RepOpt-VGG-B1", "RepOpt-VGG-B2", "RepOpt-VGG-L1", "RepOpt-VGG-L2"])
+def test_csla_default_scales_are_the_released_files_offline(monkeypatch, arch):
+    """No argument, no network, no cache: the packaged copies of the released files are used."""
     monkeypatch.setenv("REPZOO_OFFLINE", "1")
-    model = repzoo.create_model("RepOpt-VGG-B1-csla")
-    scales = torch.load(B1_SCALES, weights_only=True)
-    assert torch.equal(model.state_dict()["stage3.7.scale_1x1.weight"], scales["stage3.7.scale_1x1.weight"])
-
-
-def test_csla_without_scales_offline_says_what_to_do(monkeypatch):
-    monkeypatch.setenv("REPZOO_OFFLINE", "1")
-    with pytest.raises(RepZooError, match="scales="):
-        repzoo.create_model("RepOpt-VGG-B2-csla")
+    model = repzoo.create_model(f"{arch}-csla")
+    released = torch.load(SCALES_DIR / SCALES_MODEL[arch], weights_only=True)
+    sd = model.state_dict()
+    assert len(released) in (79, 139) and all(torch.equal(sd[k], v) for k, v in released.items())
 
 
 def test_wrong_scale_file_is_refused():
@@ -153,7 +145,7 @@ def test_wrong_scale_file_is_refused():
         repzoo.create_model("RepOpt-VGG-B1-csla", scales=GHOST_SCALES)
     with pytest.raises(IncompatibleCheckpointError, match="mismatched shapes"):
         repzoo.create_model("RepOpt-VGG-B2-csla", scales=B1_SCALES)
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidArgumentError, match="csla"):
         repzoo.create_model("RepOpt-VGG-B1-hs", scales=B1_SCALES)
 
 

@@ -1,14 +1,12 @@
 """RepVGG / RepVGGplus against the reference: key signatures, parameter counts, exact conversion."""
-import json
 
 import pytest
 import torch
 
 import repzoo
-from repzoo.demo import randomize_bn
 from repzoo.layers.se import SEBlock
 
-from conftest import SIGNATURES, rel_diff
+from conftest import randomize_bn, rel_diff, signature
 
 # Reference §1.1 / §1.2: trainable parameters of the train-time and deploy forms (1000 classes).
 PARAMS = {
@@ -41,7 +39,7 @@ def test_every_repvgg_variant_is_covered():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_signatures_and_parameter_counts(name):
-    sig = json.loads((SIGNATURES / f"{name}.json").read_text())
+    sig = signature(name)
     with torch.device("meta"):
         train = repzoo.create_model(name)
         deploy = repzoo.create_model(name, deploy=True)

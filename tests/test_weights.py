@@ -9,16 +9,15 @@ import pytest
 import torch
 
 import repzoo
-import repzoo.manifest
+import repzoo.weights.manifest
 import repzoo.registry
-from repzoo.demo import randomize_bn
 from repzoo.errors import (ChecksumError, IncompatibleCheckpointError, RepZooError, UnsafeCheckpointError,
                            WeightsUnavailableError)
-from repzoo.manifest import Manifest
+from repzoo.weights.manifest import Manifest
 
-from conftest import REPO_ROOT, rel_diff
+from conftest import REPO_ROOT, randomize_bn, rel_diff
 
-PACKAGED = REPO_ROOT / "repzoo" / "weights_manifest.json"
+PACKAGED = REPO_ROOT / "repzoo" / "weights" / "weights_manifest.json"
 A0_FILE = "RepVGG-A0-train.pth"
 TIMM_A0_FILE = "repvgg_a0.rvgg_in1k.safetensors"
 
@@ -48,7 +47,7 @@ def patch_manifest(monkeypatch, name="RepVGG-A0", file_index=0, **changes) -> Ma
     data = json.loads(PACKAGED.read_text(encoding="utf-8"))
     data["models"][name]["weights"][0]["files"][file_index].update(changes)
     fake = Manifest(data)
-    monkeypatch.setattr(repzoo.manifest, "load_manifest", lambda: fake)
+    monkeypatch.setattr(repzoo.weights.manifest, "load_manifest", lambda: fake)
     return fake
 
 
@@ -65,11 +64,11 @@ def mirror(tmp_path, monkeypatch):
 @pytest.fixture
 def counters(monkeypatch):
     """Count conversions, fetches and model builds (with their deploy flag)."""
-    import repzoo.hub
+    import repzoo.weights.hub
     import repzoo.reparam
 
     counts = {"convert": 0, "fetch": 0, "builds": []}
-    real_convert, real_fetch = repzoo.reparam.convert_state_dict, repzoo.hub.fetch
+    real_convert, real_fetch = repzoo.reparam.convert_state_dict, repzoo.weights.hub.fetch
 
     def convert(*a, **k):
         counts["convert"] += 1
@@ -80,7 +79,7 @@ def counters(monkeypatch):
         return real_fetch(*a, **k)
 
     monkeypatch.setattr(repzoo.reparam, "convert_state_dict", convert)
-    monkeypatch.setattr(repzoo.hub, "fetch", fetch)
+    monkeypatch.setattr(repzoo.weights.hub, "fetch", fetch)
     entry = repzoo.get_model_entry("RepVGG-A0")
 
     def builder(**kwargs):
@@ -110,7 +109,7 @@ def test_pretrained_cfg_follows_the_manifest(mirror, monkeypatch):
     data["models"]["RepVGG-A0"]["weights"][0]["eval"].update(crop_pct=0.95, interpolation="bicubic",
                                                              input_size=[3, 256, 256])
     fake = Manifest(data)
-    monkeypatch.setattr(repzoo.manifest, "load_manifest", lambda: fake)
+    monkeypatch.setattr(repzoo.weights.manifest, "load_manifest", lambda: fake)
     cfg = repzoo.create_model("RepVGG-A0", pretrained=True).pretrained_cfg
     assert (tuple(cfg["input_size"]), cfg["crop_pct"], cfg["interpolation"]) == ((3, 256, 256), 0.95, "bicubic")
     assert cfg["num_classes"] == 1000 and cfg["architecture"] == "RepVGG-A0"
@@ -131,7 +130,8 @@ def test_deploy_converts_once_then_reads_the_deploy_cache(mirror, counters, floa
     first = repzoo.create_model("RepVGG-A0", pretrained=True, deploy=True).eval()
     assert counters["convert"] == 1 and counters["fetch"] == 1
     assert counters["builds"] and all(counters["builds"])  # deploy models only (the meta one included)
-    from repzoo.hub import cache_dir, recorded_sha256
+    from repzoo.weights.hub import recorded_sha256
+    from repzoo.weights.files import cache_dir
     from repzoo.reparam import CONVERSION_VERSION
 
     sha = _sha256(mirror / A0_FILE)
@@ -169,7 +169,7 @@ def test_deploy_cache_hit_skips_fetching(mirror, monkeypatch, counters):
 
 def test_deploy_cache_is_keyed_by_conversion_version_and_rebuilt_when_damaged(mirror, monkeypatch, counters):
     import repzoo.reparam
-    from repzoo.hub import cache_dir
+    from repzoo.weights.files import cache_dir
 
     official_checkpoint(mirror / A0_FILE)
     repzoo.create_model("RepVGG-A0", pretrained=True, deploy=True)
@@ -188,7 +188,7 @@ def test_deploy_cache_is_keyed_by_conversion_version_and_rebuilt_when_damaged(mi
 
 
 def test_download_returns_paths(mirror):
-    from repzoo.weights import download
+    from repzoo.weights.pretrained import download
 
     official_checkpoint(mirror / A0_FILE)
     assert download("repvgg_a0") == mirror / A0_FILE
@@ -213,7 +213,7 @@ def test_unsafe_pickle_is_refused_and_runs_nothing(mirror, tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="Nothing was run"):
         repzoo.create_model("RepVGG-A0", pretrained=True, deploy=True)
     assert not marker.exists()
-    from repzoo.hub import cache_dir
+    from repzoo.weights.files import cache_dir
 
     assert not list((cache_dir() / "deploy").glob("*"))
 
@@ -249,7 +249,7 @@ def test_unknown_tag_and_unreleased_model(monkeypatch):
     data = json.loads(PACKAGED.read_text(encoding="utf-8"))
     del data["models"]["RepVGG-B0"]
     fake = Manifest(data)
-    monkeypatch.setattr(repzoo.manifest, "load_manifest", lambda: fake)
+    monkeypatch.setattr(repzoo.weights.manifest, "load_manifest", lambda: fake)
     with pytest.raises(RepZooError, match="No released weights"):
         repzoo.create_model("RepVGG-B0", pretrained=True)
 

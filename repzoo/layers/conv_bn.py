@@ -1,14 +1,8 @@
 """Conv + BN pairs, with the authors' key names (``conv``, ``bn``)."""
-from __future__ import annotations
 
-from typing import Mapping, Tuple
-
-import torch
 from torch import nn
 
-from ..reparam import bn_args, fuse_bn, fuse_conv_bn
-
-__all__ = ["ConvBn", "fused_conv_bn", "fused_bn"]
+__all__ = ["ConvBn"]
 
 
 class ConvBn(nn.Sequential):
@@ -20,14 +14,3 @@ class ConvBn(nn.Sequential):
         self.add_module("conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
                                           dilation=dilation, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_channels))
-
-
-def fused_conv_bn(sd: Mapping[str, torch.Tensor], prefix: str, eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of a ``ConvBn`` read from a state dict under ``prefix`` (e.g. ``rbr_dense.``)."""
-    return fuse_conv_bn(sd[prefix + "conv.weight"], *bn_args(sd, prefix + "bn."), eps)
-
-
-def fused_bn(sd: Mapping[str, torch.Tensor], prefix: str, channels: int, groups: int,
-             kernel_size: int, eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of a bare BN (identity branch) read from a state dict under ``prefix``."""
-    return fuse_bn(channels, groups, kernel_size, *bn_args(sd, prefix), eps)

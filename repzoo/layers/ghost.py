@@ -19,9 +19,8 @@ Deploy (every mode): ``primary_conv.0.weight/bias`` (1x1 conv, BN folded; ReLU k
 ``cheap_operation.0.weight/bias`` (one 3x3 depthwise conv: cheap branch, fusion branch and
 ``final_bn`` fused). A bottleneck also folds ``conv_dw``/``bn_dw`` into ``conv_dw.weight/bias``
 and its conv shortcut into ``shortcut.0.weight/bias`` (depthwise) and ``shortcut.1.weight/bias``
-(1x1); :class:`ConvBnAct` becomes ``conv.weight/bias``.
+(1x1); :class:`ConvBnAct` becomes ``conv.weight/bias`` (a declared conv-BN pair).
 """
-from __future__ import annotations
 
 import math
 from typing import Dict, Mapping
@@ -30,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..reparam import (ReparamBlock, bn_args, fuse_bn, fuse_conv_bn, identity_kernel, scale_kernel, sum_branches,
-                       without)
-from .repopt import BN_EPS, ScaleLayer
+from ..reparam import (BN_EPS, ReparamBlock, bn_args, conv_state, fuse_conv_bn, fused_bn, fused_conv_bn, identity_kernel,
+                       scale_kernel, sum_branches)
+from .scale import ScaleLayer
 
 __all__ = [
     "GHOST_MODES",
@@ -76,39 +75,25 @@ class SqueezeExcite(nn.Module):
         return x * hard_sigmoid(s)
 
 
-def _dw_conv(channels: int, k: int, stride: int = 1, bias: bool = False, device=None) -> nn.Conv2d:
-    return nn.Conv2d(channels, channels, k, stride, (k - 1) // 2, groups=channels, bias=bias, device=device)
+def _dw_conv(channels: int, k: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(channels, channels, k, stride, (k - 1) // 2, groups=channels, bias=bias)
 
 
-class ConvBnAct(ReparamBlock):
-    """``relu(bn1(conv(x)))`` (keys ``conv.weight``, ``bn1.*``); deploy ``relu(conv(x))`` with bias."""
+class ConvBnAct(nn.Module):
+    """``relu(bn1(conv(x)))`` (keys ``conv.weight``, ``bn1.*``); deploy ``relu(conv(x))`` with bias.
+
+    ``conv``/``bn1`` is a declared conv-BN pair: :func:`repzoo.reparameterize` folds it.
+    """
+
+    conv_bn_pairs = (("conv", "bn1"),)
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, deploy: bool = False):
         super().__init__()
-        self.in_chs, self.out_chs, self.kernel_size, self.stride = in_chs, out_chs, kernel_size, stride
-        if deploy:
-            self._switch_to_deploy(device=None)
-            self.deploy = True
-        else:
-            self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False)
-            self.bn1 = nn.BatchNorm2d(out_chs)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=deploy)
+        self.bn1 = nn.Identity() if deploy else nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv(x) if self.deploy else self.bn1(self.conv(x)))
-
-    def fuse_state_dict(self, sd: Mapping[str, torch.Tensor]) -> StateDict:
-        """``K = W·t``, ``b = β − μ·t``."""
-        kernel, bias = fuse_conv_bn(sd["conv.weight"], *bn_args(sd, "bn1."), BN_EPS)
-        out = without(sd, ("conv.", "bn1."))
-        out["conv.weight"], out["conv.bias"] = kernel.to(sd["conv.weight"].dtype), bias.to(sd["conv.weight"].dtype)
-        return out
-
-    def _switch_to_deploy(self, device=None) -> None:
-        for name in ("conv", "bn1"):
-            if hasattr(self, name):
-                delattr(self, name)
-        k = self.kernel_size
-        self.conv = nn.Conv2d(self.in_chs, self.out_chs, k, self.stride, k // 2, bias=True, device=device)
+        return F.relu(self.bn1(self.conv(x)))
 
 
 class RepGhostModule(ReparamBlock):
@@ -118,20 +103,25 @@ class RepGhostModule(ReparamBlock):
     cheap scale is frozen and ``fusion_scale`` stays trainable (both start at 1).
     """
 
+    __constants__ = ReparamBlock.__constants__ + ["relu", "fusion_is_bn", "fusion_is_scale", "has_final_bn"]
+
     def __init__(self, in_chs: int, out_chs: int, relu: bool = True, mode: str = "rep",
                  num_stage_modules: int = 1, dw_size: int = 3, deploy: bool = False):
         super().__init__()
         if mode not in GHOST_MODES:
             raise ValueError(f"mode must be one of {GHOST_MODES}, not {mode!r}")
         self.in_chs, self.out_chs, self.relu, self.mode, self.dw_size = in_chs, out_chs, relu, mode, dw_size
+        self.fusion_is_bn, self.fusion_is_scale = mode == "rep", mode in ("hs", "csla")
+        self.has_final_bn = mode != "rep"
         self.num_stage_modules = num_stage_modules
-        if deploy:
-            self._switch_to_deploy(device=None)
-            self.deploy = True
-            return
-        c = out_chs
-        self.primary_conv = nn.Sequential(nn.Conv2d(in_chs, c, 1, 1, 0, bias=False), nn.BatchNorm2d(c),
-                                          nn.ReLU() if relu else nn.Sequential())
+        self._init_form(deploy)
+
+    def _act(self) -> nn.Module:
+        return nn.ReLU() if self.relu else nn.Sequential()
+
+    def _build_train(self) -> None:
+        c, mode = self.out_chs, self.mode
+        self.primary_conv = nn.Sequential(nn.Conv2d(self.in_chs, c, 1, 1, 0, bias=False), nn.BatchNorm2d(c), self._act())
         # Registration order = the reference's state-dict order.
         if mode == "rep":
             self.fusion_bn = nn.BatchNorm2d(c)
@@ -142,129 +132,117 @@ class RepGhostModule(ReparamBlock):
         else:
             self.fusion_scale = ScaleLayer(c, 1.0)
             self.final_bn = nn.BatchNorm2d(c)
-            cheap_init = math.sqrt(2.0 / (num_stage_modules + 1)) if mode == "hs" else 1.0
+            cheap_init = math.sqrt(2.0 / (self.num_stage_modules + 1)) if mode == "hs" else 1.0
             after_cheap = [ScaleLayer(c, cheap_init)]
-        self.cheap_operation = nn.Sequential(_dw_conv(c, dw_size), *after_cheap)
+        self.cheap_operation = nn.Sequential(_dw_conv(c, self.dw_size), *after_cheap)
         if mode == "csla":
             self.cheap_operation[1].requires_grad_(False)
+
+    def _build_deploy(self) -> None:
+        self.primary_conv = nn.Sequential(nn.Conv2d(self.in_chs, self.out_chs, 1, 1, 0, bias=True), self._act())
+        self.cheap_operation = nn.Sequential(_dw_conv(self.out_chs, self.dw_size, bias=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.primary_conv(x)
         x2 = self.cheap_operation(x1)
         if not self.deploy:
-            if self.mode == "rep":
+            if self.fusion_is_bn:
                 x2 = x2 + self.fusion_bn(x1)
-            elif self.mode in ("hs", "csla"):
+            if self.fusion_is_scale:
                 x2 = x2 + self.fusion_scale(x1)
-            if self.mode != "rep":
+            if self.has_final_bn:
                 x2 = self.final_bn(x2)
         return F.relu(x2) if self.relu else x2
 
     def fuse_state_dict(self, sd: Mapping[str, torch.Tensor]) -> StateDict:
-        """Primary: ``fuse_conv_bn``. Cheap (``Id`` the depthwise identity, ``W`` the dw kernel):
+        """Primary: ``fused_conv_bn``. Cheap (``Id`` the depthwise identity, ``W`` the dw kernel):
 
-        * rep: ``(W·t_c, s_c) + (Id·t_f, s_f)`` (``fuse_conv_bn`` + ``fuse_bn``);
+        * rep: ``(W·t_c, s_c) + (Id·t_f, s_f)`` (``fused_conv_bn`` + ``fused_bn``);
         * hs/csla: ``fuse_conv_bn(W·s_cheap + Id·s_fusion, final_bn)``;
         * target: ``fuse_conv_bn(W, final_bn)``.
         """
         dtype = sd["primary_conv.0.weight"].dtype
-        pk, pb = fuse_conv_bn(sd["primary_conv.0.weight"], *bn_args(sd, "primary_conv.1."), BN_EPS)
         w, c, k = sd["cheap_operation.0.weight"], self.out_chs, self.dw_size
         if self.mode == "rep":
-            ck, cb = sum_branches([fuse_conv_bn(w, *bn_args(sd, "cheap_operation.1."), BN_EPS),
-                                   fuse_bn(c, c, k, *bn_args(sd, "fusion_bn."), BN_EPS)], k)
+            cheap = sum_branches([fused_conv_bn(sd, "cheap_operation.0.weight", "cheap_operation.1."),
+                                  fused_bn(sd, "fusion_bn.", c, c, k)], k)
         else:
             if self.mode != "target":
                 ident = identity_kernel(c, c, k, dtype=w.dtype, device=w.device)
                 w = scale_kernel(w, sd["cheap_operation.1.weight"]) + scale_kernel(ident, sd["fusion_scale.weight"])
-            ck, cb = fuse_conv_bn(w, *bn_args(sd, "final_bn."), BN_EPS)
-        out = without(sd, ("primary_conv.", "cheap_operation.", "fusion_bn.", "fusion_scale.", "final_bn."))
-        out.update({"primary_conv.0.weight": pk.to(dtype), "primary_conv.0.bias": pb.to(dtype),
-                    "cheap_operation.0.weight": ck.to(dtype), "cheap_operation.0.bias": cb.to(dtype)})
-        return out
-
-    def _switch_to_deploy(self, device=None) -> None:
-        for name in ("primary_conv", "cheap_operation", "fusion_bn", "fusion_scale", "final_bn"):
-            if hasattr(self, name):
-                delattr(self, name)
-        self.primary_conv = nn.Sequential(nn.Conv2d(self.in_chs, self.out_chs, 1, 1, 0, bias=True, device=device),
-                                          nn.ReLU() if self.relu else nn.Sequential())
-        self.cheap_operation = nn.Sequential(_dw_conv(self.out_chs, self.dw_size, bias=True, device=device))
+            cheap = fuse_conv_bn(w, *bn_args(sd, "final_bn."), BN_EPS)
+        return {**conv_state("primary_conv.0.", *fused_conv_bn(sd, "primary_conv.0.weight", "primary_conv.1."), dtype),
+                **conv_state("cheap_operation.0.", *cheap, dtype)}
 
 
 class RepGhostBottleneck(ReparamBlock):
     """``ghost2(se(bn_dw(conv_dw(ghost1(x))))) + shortcut(x)``; ``conv_dw``/``bn_dw`` only when ``stride > 1``.
 
     The shortcut is the identity when ``in == out`` and ``stride == 1``, else
-    ``dw k×k (stride) → BN → 1x1 → BN`` (keys ``shortcut.0..3``). Converting the bottleneck
-    converts its two Ghost modules too (they are :class:`RepGhostModule` blocks of their own).
+    ``dw k×k (stride) → BN → 1x1 → BN`` (keys ``shortcut.0..3``). The bottleneck converts its own
+    ``conv_dw``/``bn_dw`` and shortcut; its two Ghost modules are blocks of their own, converted
+    first by :func:`repzoo.reparameterize`.
     """
+
+    __constants__ = ReparamBlock.__constants__ + ["downsample", "has_se"]
 
     def __init__(self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int = 3, stride: int = 1,
                  se_ratio: float = 0.0, mode: str = "rep", num_stage_blocks: int = 1, deploy: bool = False):
         super().__init__()
         self.in_chs, self.mid_chs, self.out_chs = in_chs, mid_chs, out_chs
         self.dw_kernel_size, self.stride = dw_kernel_size, stride
+        self.downsample = stride > 1
         self.has_conv_shortcut = not (in_chs == out_chs and stride == 1)
+        self.has_se = bool(se_ratio and se_ratio > 0)
+        # The reference's order: ghost1, conv_dw, bn_dw, se, ghost2, shortcut (placeholders keep it).
         self.ghost1 = RepGhostModule(in_chs, mid_chs, relu=True, mode=mode,
                                      num_stage_modules=2 * num_stage_blocks - 1, deploy=deploy)
-        if stride > 1:
-            self.conv_dw = _dw_conv(mid_chs, dw_kernel_size, stride, bias=deploy)
-            if not deploy:
-                self.bn_dw = nn.BatchNorm2d(mid_chs)
-        self.se = SqueezeExcite(mid_chs, se_ratio) if se_ratio and se_ratio > 0 else None
+        self.register_module("conv_dw", None)
+        self.register_module("bn_dw", None)
+        if self.has_se:
+            self.se = SqueezeExcite(mid_chs, se_ratio)
         self.ghost2 = RepGhostModule(mid_chs, out_chs, relu=False, mode=mode,
                                      num_stage_modules=2 * num_stage_blocks, deploy=deploy)
-        if deploy:
-            self.shortcut = self._deploy_shortcut(None)
-            self.deploy = True
-        elif self.has_conv_shortcut:
-            self.shortcut = nn.Sequential(_dw_conv(in_chs, dw_kernel_size, stride), nn.BatchNorm2d(in_chs),
-                                          nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
+        self.register_module("shortcut", None)
+        self._init_form(deploy)
+
+    def _build_train(self) -> None:
+        if self.stride > 1:
+            self.conv_dw = _dw_conv(self.mid_chs, self.dw_kernel_size, self.stride)
+            self.bn_dw = nn.BatchNorm2d(self.mid_chs)
+        if self.has_conv_shortcut:
+            c_in = self.in_chs
+            self.shortcut = nn.Sequential(_dw_conv(c_in, self.dw_kernel_size, self.stride), nn.BatchNorm2d(c_in),
+                                          nn.Conv2d(c_in, self.out_chs, 1, bias=False), nn.BatchNorm2d(self.out_chs))
+        else:
+            self.shortcut = nn.Sequential()
+
+    def _build_deploy(self) -> None:
+        if self.stride > 1:
+            self.conv_dw = _dw_conv(self.mid_chs, self.dw_kernel_size, self.stride, bias=True)
+        if self.has_conv_shortcut:
+            self.shortcut = nn.Sequential(_dw_conv(self.in_chs, self.dw_kernel_size, self.stride, bias=True),
+                                          nn.Conv2d(self.in_chs, self.out_chs, 1, bias=True))
         else:
             self.shortcut = nn.Sequential()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ghost1(x)
-        if self.stride > 1:
-            y = self.conv_dw(y) if self.deploy else self.bn_dw(self.conv_dw(y))
-        if self.se is not None:
+        if self.downsample:
+            y = self.conv_dw(y)
+            if not self.deploy:
+                y = self.bn_dw(y)
+        if self.has_se:
             y = self.se(y)
         return self.ghost2(y) + self.shortcut(x)
 
     def fuse_state_dict(self, sd: Mapping[str, torch.Tensor]) -> StateDict:
-        """The Ghost modules' own conversion, then ``conv_dw``+``bn_dw`` and each shortcut conv+BN folded."""
+        """``conv_dw``+``bn_dw`` and each shortcut conv+BN folded (``fused_conv_bn``)."""
         out: StateDict = {}
-        for name in ("ghost1", "ghost2"):
-            pre = name + "."
-            local = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
-            out.update({pre + k: v for k, v in getattr(self, name).fuse_state_dict(local).items()})
-        out.update({k: v for k, v in sd.items()
-                    if not k.startswith(("ghost1.", "ghost2.", "conv_dw.", "bn_dw.", "shortcut."))})
         if self.stride > 1:
-            dtype = sd["conv_dw.weight"].dtype
-            k, b = fuse_conv_bn(sd["conv_dw.weight"], *bn_args(sd, "bn_dw."), BN_EPS)
-            out["conv_dw.weight"], out["conv_dw.bias"] = k.to(dtype), b.to(dtype)
+            out.update(conv_state("conv_dw.", *fused_conv_bn(sd, "conv_dw.weight", "bn_dw."), sd["conv_dw.weight"].dtype))
         if self.has_conv_shortcut:
             dtype = sd["shortcut.0.weight"].dtype
-            k0, b0 = fuse_conv_bn(sd["shortcut.0.weight"], *bn_args(sd, "shortcut.1."), BN_EPS)
-            k1, b1 = fuse_conv_bn(sd["shortcut.2.weight"], *bn_args(sd, "shortcut.3."), BN_EPS)
-            out.update({"shortcut.0.weight": k0.to(dtype), "shortcut.0.bias": b0.to(dtype),
-                        "shortcut.1.weight": k1.to(dtype), "shortcut.1.bias": b1.to(dtype)})
+            out.update(conv_state("shortcut.0.", *fused_conv_bn(sd, "shortcut.0.weight", "shortcut.1."), dtype))
+            out.update(conv_state("shortcut.1.", *fused_conv_bn(sd, "shortcut.2.weight", "shortcut.3."), dtype))
         return out
-
-    def _deploy_shortcut(self, device) -> nn.Sequential:
-        if not self.has_conv_shortcut:
-            return nn.Sequential()
-        return nn.Sequential(_dw_conv(self.in_chs, self.dw_kernel_size, self.stride, bias=True, device=device),
-                             nn.Conv2d(self.in_chs, self.out_chs, 1, bias=True, device=device))
-
-    def _switch_to_deploy(self, device=None) -> None:
-        for ghost in (self.ghost1, self.ghost2):
-            if not ghost.deploy:
-                ghost._switch_to_deploy(device)
-                ghost.deploy = True
-        if self.stride > 1:
-            del self.bn_dw
-            self.conv_dw = _dw_conv(self.mid_chs, self.dw_kernel_size, self.stride, bias=True, device=device)
-        self.shortcut = self._deploy_shortcut(device)

@@ -16,56 +16,21 @@ Every form converts to the same deploy block: one 3x3 conv with bias, keys
 own deploy-mode 'repvgg' block uses. The identity branch exists when ``in == out`` and
 ``stride == 1``.
 """
-from __future__ import annotations
 
 import math
-import os
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Dict, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import IncompatibleCheckpointError
-from ..reparam import (ReparamBlock, bn_args, fuse_bn, fuse_conv_bn, identity_kernel, pad_kernel, scale_kernel,
-                       sum_branches, without)
+from ..reparam import (BN_EPS, ReparamBlock, bn_args, conv_state, fuse_conv_bn, fused_bn, fused_conv_bn,
+                       identity_kernel, pad_kernel, scale_kernel, sum_branches)
+from .scale import ScaleLayer
 
-__all__ = [
-    "ScaleLayer",
-    "RepOptVGGBlock",
-    "LinearAddBlock",
-    "RepOptRepVGGBlock",
-    "hs_scale_init",
-    "scale_keys",
-    "load_scales_into",
-]
+__all__ = ["RepOptVGGBlock", "LinearAddBlock", "RepOptRepVGGBlock", "hs_scale_init"]
 
 StateDict = Dict[str, torch.Tensor]
-BN_EPS = 1e-5
-
-
-class ScaleLayer(nn.Module):
-    """A per-channel scale ``x · w[None, :, None, None]``; its only key is ``weight`` (shape ``(C,)``).
-
-    ``scale_init`` is kept so that :meth:`reset_parameters` (and ``materialize`` after a
-    build on the ``meta`` device) restores the initial value.
-    """
-
-    def __init__(self, num_features: int, scale_init: float = 1.0):
-        super().__init__()
-        self.num_features, self.scale_init = num_features, float(scale_init)
-        self.weight = nn.Parameter(torch.empty(num_features))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        self.weight.fill_(self.scale_init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.view(1, -1, 1, 1)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, scale_init={self.scale_init:.4g}"
 
 
 def hs_scale_init(block_index: int) -> float:
@@ -76,34 +41,15 @@ def hs_scale_init(block_index: int) -> float:
 class _PlainDeployBlock(ReparamBlock):
     """Shared deploy form of the RepOpt-VGG blocks: ``relu(conv(x))``, ``conv`` a 3x3 conv with bias."""
 
-    _train_prefixes: Tuple[str, ...] = ()
+    __constants__ = ReparamBlock.__constants__ + ["has_identity"]
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.has_identity = in_channels == out_channels and stride == 1
 
-    def _finish(self, deploy: bool) -> None:
-        if deploy:
-            self._switch_to_deploy(device=None)
-            self.deploy = True
-        else:
-            self._build_train()
-
-    def _build_train(self) -> None:
-        raise NotImplementedError
-
-    def _switch_to_deploy(self, device=None) -> None:
-        for name in list(self._modules):
-            delattr(self, name)
-        self.conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, 1, bias=True, device=device)
-
-    def _deploy_sd(self, sd: Mapping[str, torch.Tensor], kernel: torch.Tensor, bias: torch.Tensor,
-                   dtype: torch.dtype) -> StateDict:
-        out = without(sd, self._train_prefixes)
-        out["conv.weight"] = kernel.to(dtype)
-        out["conv.bias"] = bias.to(dtype)
-        return out
+    def _build_deploy(self) -> None:
+        self.conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
@@ -120,11 +66,9 @@ class RepOptVGGBlock(_PlainDeployBlock):
     Deploy: BN folded into the conv, ``K = W·t``, ``b = β − μ·t``.
     """
 
-    _train_prefixes = ("conv.", "bn.")
-
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, deploy: bool = False):
         super().__init__(in_channels, out_channels, stride)
-        self._finish(deploy)
+        self._init_form(deploy)
 
     def _build_train(self) -> None:
         self.conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, 1, bias=False)
@@ -135,8 +79,7 @@ class RepOptVGGBlock(_PlainDeployBlock):
 
     def fuse_state_dict(self, sd: Mapping[str, torch.Tensor]) -> StateDict:
         """``K = W·t``, ``b = β − μ·t`` with ``t = γ / sqrt(var + ε)``."""
-        kernel, bias = fuse_conv_bn(sd["conv.weight"], *bn_args(sd, "bn."), BN_EPS)
-        return self._deploy_sd(sd, kernel, bias, sd["conv.weight"].dtype)
+        return conv_state("conv.", *fused_conv_bn(sd, "conv.weight", "bn."), sd["conv.weight"].dtype)
 
 
 class LinearAddBlock(_PlainDeployBlock):
@@ -150,13 +93,11 @@ class LinearAddBlock(_PlainDeployBlock):
     Deploy: ``K = s_c·W3 + pad(s_1·W1) + s_id·Id``, then the BN folded in: one conv + bias.
     """
 
-    _train_prefixes = ("conv.", "scale_conv.", "conv_1x1.", "scale_1x1.", "scale_identity.", "bn.")
-
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, scale_init: float = 1.0,
                  csla: bool = False, deploy: bool = False):
         super().__init__(in_channels, out_channels, stride)
         self.scale_init, self.csla = float(scale_init), csla
-        self._finish(deploy)
+        self._init_form(deploy)
 
     def _build_train(self) -> None:
         c_in, c_out = self.in_channels, self.out_channels
@@ -186,8 +127,7 @@ class LinearAddBlock(_PlainDeployBlock):
         if self.has_identity:
             ident = identity_kernel(self.in_channels, 1, 3, dtype=w3.dtype, device=w3.device)
             kernel = kernel + scale_kernel(ident, sd["scale_identity.weight"])
-        kernel, bias = fuse_conv_bn(kernel, *bn_args(sd, "bn."), BN_EPS)
-        return self._deploy_sd(sd, kernel, bias, w3.dtype)
+        return conv_state("conv.", *fuse_conv_bn(kernel, *bn_args(sd, "bn."), BN_EPS), w3.dtype)
 
 
 class RepOptRepVGGBlock(_PlainDeployBlock):
@@ -197,11 +137,9 @@ class RepOptRepVGGBlock(_PlainDeployBlock):
     ``K = K3·t3 + pad(K1·t1) + Id·t_id``, ``b = Σ (β − μ·t)``.
     """
 
-    _train_prefixes = ("conv_3x3.", "bn_3x3.", "conv_1x1.", "bn_1x1.", "bn_identity.")
-
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, deploy: bool = False):
         super().__init__(in_channels, out_channels, stride)
-        self._finish(deploy)
+        self._init_form(deploy)
 
     def _build_train(self) -> None:
         c_in, c_out = self.in_channels, self.out_channels
@@ -219,68 +157,8 @@ class RepOptRepVGGBlock(_PlainDeployBlock):
         return y
 
     def fuse_state_dict(self, sd: Mapping[str, torch.Tensor]) -> StateDict:
-        """Each branch ``fuse_conv_bn`` / ``fuse_bn``; then ``sum_branches`` at 3x3."""
-        branches = [fuse_conv_bn(sd["conv_3x3.weight"], *bn_args(sd, "bn_3x3."), BN_EPS),
-                    fuse_conv_bn(sd["conv_1x1.weight"], *bn_args(sd, "bn_1x1."), BN_EPS)]
+        """Each branch ``fused_conv_bn`` / ``fused_bn``; then ``sum_branches`` at 3x3."""
+        branches = [fused_conv_bn(sd, "conv_3x3.weight", "bn_3x3."), fused_conv_bn(sd, "conv_1x1.weight", "bn_1x1.")]
         if self.has_identity:
-            branches.append(fuse_bn(self.in_channels, 1, 3, *bn_args(sd, "bn_identity."), BN_EPS))
-        kernel, bias = sum_branches(branches, 3)
-        return self._deploy_sd(sd, kernel, bias, sd["conv_3x3.weight"].dtype)
-
-
-# --------------------------------------------------------------------------- scales
-
-
-def scale_keys(model: nn.Module) -> Dict[str, ScaleLayer]:
-    """``{state-dict key: ScaleLayer}`` for every scale layer in ``model`` (``…scale_conv.weight`` …)."""
-    return {f"{name}.weight" if name else "weight": m for name, m in model.named_modules() if isinstance(m, ScaleLayer)}
-
-
-ScalesSource = Union[str, os.PathLike, Mapping[str, Any], nn.Module]
-
-
-@torch.no_grad()
-def load_scales_into(model: nn.Module, source: ScalesSource) -> nn.Module:
-    """Copy the scales of ``source`` into ``model``'s scale layers, matched by hs key name.
-
-    Every scale layer of ``model`` must find its key (shape included); other keys of the
-    source (the conv kernels and the 100-class head of a full hs checkpoint) are ignored.
-    ``requires_grad`` of each scale is left as the model set it (csla freezing).
-    """
-    from ..optim.scales import load_scales
-
-    scales = load_scales(source)
-    targets = scale_keys(model)
-    missing = sorted(k for k in targets if k not in scales)
-    wrong = sorted(k for k in targets if k in scales and tuple(scales[k].shape) != tuple(targets[k].weight.shape))
-    if missing or wrong:
-        lines = []
-        if missing:
-            more = f" … and {len(missing) - 6} more" if len(missing) > 6 else ""
-            lines.append(f"missing scales ({len(missing)}): {', '.join(missing[:6])}{more}")
-        if wrong:
-            lines.append("mismatched shapes: " + "; ".join(
-                f"{k}: scales {list(scales[k].shape)} vs model {list(targets[k].weight.shape)}" for k in wrong[:5]))
-        raise IncompatibleCheckpointError(
-            "The scales do not fit this model:\n  " + "\n  ".join(lines)
-            + "\nPass the scale file of this very architecture (the hs model's scale parameters)."
-        )
-    for key, layer in targets.items():
-        layer.weight.copy_(scales[key].to(layer.weight.dtype))
-    return model
-
-
-def fetch_default_scales(name: str):
-    """The released scale file of ``name`` (``RepOpt-VGG-B1`` …), through :func:`repzoo.hub.fetch_scales`."""
-    from ..errors import RepZooError, WeightsUnavailableError
-
-    hint = (f"Pass the scale file yourself: create_model('{name}-csla', scales='path/to/{name}-scales.pth') "
-            "(a released *-scales.pth, an hs checkpoint, a dict or a trained hs model).")
-    try:
-        from ..hub import fetch_scales
-    except ImportError:
-        raise RepZooError(f"This build of repzoo cannot fetch the released scales of {name}. {hint}") from None
-    try:
-        return fetch_scales(name)
-    except (RepZooError, LookupError) as err:
-        raise WeightsUnavailableError(f"Could not get the released scales of {name}: {err}\n{hint}") from err
+            branches.append(fused_bn(sd, "bn_identity.", self.in_channels, 1, 3))
+        return conv_state("conv.", *sum_branches(branches, 3), sd["conv_3x3.weight"].dtype)

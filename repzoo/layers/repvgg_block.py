@@ -1,5 +1,4 @@
 """The RepVGG block: 3x3-BN + 1x1-BN + identity-BN at training time, one 3x3 conv at deploy."""
-from __future__ import annotations
 
 from typing import Mapping, Optional
 
@@ -7,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..reparam import ReparamBlock, sum_branches, without
-from .conv_bn import ConvBn, fused_bn, fused_conv_bn
+from ..reparam import ReparamBlock, conv_state, fused_bn, fused_conv_bn, sum_branches
+from .conv_bn import ConvBn
 from .se import SEBlock
 
 __all__ = ["RepVGGBlock"]
@@ -25,12 +24,15 @@ class RepVGGBlock(ReparamBlock):
     ``"post"`` — RepVGGplus's SE (``post_se.*``, C/4) after the ReLU.
     """
 
+    __constants__ = ReparamBlock.__constants__ + ["has_identity", "se_pre", "se_post"]
+
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
                  se: Optional[str] = None, deploy: bool = False):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride, self.groups = stride, groups
         self.se_mode = se
+        self.se_pre, self.se_post = se == "pre", se == "post"
         # Registration order is the state-dict order of the released files: SE first.
         if se == "pre":
             self.se = SEBlock(out_channels, out_channels // 16)
@@ -39,41 +41,35 @@ class RepVGGBlock(ReparamBlock):
         elif se is not None:
             raise ValueError(f"se must be None, 'pre' or 'post', not {se!r}")
         self.has_identity = in_channels == out_channels and stride == 1
-        if deploy:
-            self._switch_to_deploy(device=None)
-            self.deploy = True
-        else:
-            self.rbr_identity = nn.BatchNorm2d(in_channels) if self.has_identity else None
-            self.rbr_dense = ConvBn(in_channels, out_channels, 3, stride, 1, groups)
-            self.rbr_1x1 = ConvBn(in_channels, out_channels, 1, stride, 0, groups)
+        self._init_form(deploy)
+
+    def _build_train(self) -> None:
+        c_in, c_out, g = self.in_channels, self.out_channels, self.groups
+        if self.has_identity:
+            self.rbr_identity = nn.BatchNorm2d(c_in)
+        self.rbr_dense = ConvBn(c_in, c_out, 3, self.stride, 1, g)
+        self.rbr_1x1 = ConvBn(c_in, c_out, 1, self.stride, 0, g)
+
+    def _build_deploy(self) -> None:
+        self.rbr_reparam = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, 1,
+                                     groups=self.groups, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
             y = self.rbr_reparam(x)
         else:
             y = self.rbr_dense(x) + self.rbr_1x1(x)
-            if self.rbr_identity is not None:
+            if self.has_identity:
                 y = y + self.rbr_identity(x)
-        if self.se_mode == "pre":
+        if self.se_pre:
             return F.relu(self.se(y))
         y = F.relu(y)
-        return self.post_se(y) if self.se_mode == "post" else y
+        return self.post_se(y) if self.se_post else y
 
     def fuse_state_dict(self, sd: Mapping[str, torch.Tensor]) -> dict:
         """``K = K3·t3 + pad(K1·t1) + Id·t_id``, ``b = Σ (β − μ·t)`` over the present branches."""
-        branches = [fused_conv_bn(sd, "rbr_dense."), fused_conv_bn(sd, "rbr_1x1.")]
+        branches = [fused_conv_bn(sd, "rbr_dense.conv.weight", "rbr_dense.bn."),
+                    fused_conv_bn(sd, "rbr_1x1.conv.weight", "rbr_1x1.bn.")]
         if self.has_identity:
             branches.append(fused_bn(sd, "rbr_identity.", self.in_channels, self.groups, kernel_size=1))
-        kernel, bias = sum_branches(branches, 3)
-        dtype = sd["rbr_dense.conv.weight"].dtype
-        out = without(sd, ("rbr_dense.", "rbr_1x1.", "rbr_identity."))
-        out["rbr_reparam.weight"] = kernel.to(dtype)
-        out["rbr_reparam.bias"] = bias.to(dtype)
-        return out
-
-    def _switch_to_deploy(self, device=None) -> None:
-        for name in ("rbr_dense", "rbr_1x1", "rbr_identity"):
-            if hasattr(self, name):
-                delattr(self, name)
-        self.rbr_reparam = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, 1,
-                                     groups=self.groups, bias=True, device=device)
+        return conv_state("rbr_reparam.", *sum_branches(branches, 3), sd["rbr_dense.conv.weight"].dtype)

@@ -1,5 +1,4 @@
 """Squeeze-and-excitation blocks with the authors' key names."""
-from __future__ import annotations
 
 import torch
 import torch.nn.functional as F

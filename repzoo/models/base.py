@@ -1,78 +1,133 @@
 """The model contract every repzoo classifier follows (timm's surface)."""
-from __future__ import annotations
-
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..reparam import conv_bn_pairs, reparam_blocks
+from ..errors import InvalidArgumentError
+from ..reparam import is_deploy
 
-__all__ = ["RepClassifier", "VGGStyleClassifier"]
+__all__ = ["RepClassifier", "VGGStyleClassifier", "Stage", "feature_indices"]
+
+
+class Stage(nn.Sequential):
+    """A stage of blocks: an ``nn.Sequential`` (keys ``<stage>.<i>.*``) that runs its blocks through
+    activation checkpointing when ``grad_checkpointing`` is set and the model trains.
+
+    Models call stages as modules, never their blocks one by one, so hooks on a stage (FSDP2's
+    ``fully_shard`` per stage, say) run.
+    """
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.grad_checkpointing and self.training:
+            for block in self:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        for block in self:
+            x = block(x)
+        return x
 
 
 class RepClassifier(nn.Module):
     """Base of every classification model.
 
-    A subclass sets ``num_classes``, ``num_features``, ``feature_info``, ``head_name`` (the
-    attribute holding the final ``nn.Linear``), ``drop_rate`` and implements
-    ``forward_features``; it may set ``train_only_prefixes`` (state-dict prefixes of modules
-    dropped at deploy) and override :meth:`drop_train_only_modules`.
+    A subclass sets ``num_classes``, ``num_features`` (the width ``forward_features`` returns),
+    ``feature_info``, ``head_name`` (the attribute holding the final ``nn.Linear``) and
+    ``drop_rate``, builds its head with :meth:`_make_head`, and implements ``forward_features``;
+    it may set ``head_hidden_size`` (the width of the pre-logits, when the head adds a layer),
+    ``train_only_prefixes`` (state-dict prefixes of modules dropped at deploy) and override
+    :meth:`drop_train_only_modules`.
     """
 
-    num_classes: int
-    num_features: int
-    feature_info: List[Dict[str, Any]]
-    head_name: str = "linear"
-    train_only_prefixes: Sequence[str] = ()
-    pretrained_cfg: Dict[str, Any]
-    grad_checkpointing: bool = False
+    head_name = "linear"
+    train_only_prefixes: Tuple[str, ...] = ()
+    grad_checkpointing = False
+    __jit_unused_properties__ = ["deploy", "default_cfg", "pre_logits_width"]
 
     @property
     def deploy(self) -> bool:
         """True when every re-parameterizable block is in its deploy form (and every declared conv-BN pair folded)."""
-        pairs_folded = all(not isinstance(getattr(m, bn), nn.modules.batchnorm._BatchNorm)
-                           for _, m, _, bn in conv_bn_pairs(self))
-        return pairs_folded and all(block.deploy for _, block in reparam_blocks(self))
+        return is_deploy(self)
+
+    @property
+    def default_cfg(self) -> Dict[str, Any]:
+        """timm's older name of :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    @property
+    def pre_logits_width(self) -> int:
+        return getattr(self, "head_hidden_size", self.num_features)
 
     def head_keys(self) -> List[str]:
         """State-dict keys that depend on ``num_classes``."""
         return [f"{self.head_name}.weight", f"{self.head_name}.bias"]
 
+    def _make_head(self, num_classes: int, like: Optional[torch.Tensor] = None) -> nn.Module:
+        """``Linear(pre-logits width, num_classes)``, or ``Identity`` for ``num_classes=0`` (pooled features)."""
+        if num_classes <= 0:
+            return nn.Identity()
+        kw = {} if like is None else dict(device=like.device, dtype=like.dtype)
+        return nn.Linear(self.pre_logits_width, num_classes, **kw)
+
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.head_name)
 
     def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        """A fresh head for ``num_classes`` (0: ``forward`` returns pooled features)."""
+        """A fresh head for ``num_classes`` (0: ``forward`` returns the pooled pre-logits)."""
         if global_pool != "avg":
             raise ValueError(f"only global_pool='avg' is supported, not {global_pool!r}")
         self.num_classes = num_classes
-        ref = next(self.parameters())
-        head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else nn.Identity()
-        setattr(self, self.head_name, head)
+        setattr(self, self.head_name, self._make_head(num_classes, next(self.parameters())))
         if hasattr(self, "pretrained_cfg"):
             self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, Stage):
+                module.grad_checkpointing = enable
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r"^stage0", blocks=r"^stage(\d+)" if coarse else r"^stage(\d+)\.(\d+)")
 
-    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Run one block, through activation checkpointing when it is enabled and training."""
-        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            return checkpoint(module, x, use_reentrant=False)
-        return module(x)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.gap(x), 1)
         x = self.head_drop(x)
-        return x if pre_logits else self.get_classifier()(x)
+        return x if pre_logits else self.linear(x)  # families with another head_name override this
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def feature_modules(self) -> List[nn.Module]:
+        """The modules, in order, whose outputs :attr:`feature_info` describes (the stages)."""
+        return [self.get_submodule(info["module"]) for info in self.feature_info]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's feature API: the feature maps of the stages in ``indices`` (default all; an int ``n``
+        means the last ``n``), and unless ``intermediates_only`` the final features too."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"only output_fmt='NCHW' is supported, not {output_fmt!r}")
+        take = feature_indices(indices, len(self.feature_info))
+        outs: List[torch.Tensor] = []
+        for i, step in enumerate(self._feature_steps()):
+            x = step(x)
+            if i in take:
+                outs.append(x)
+            if stop_early and i >= max(take):
+                break
+        return outs if intermediates_only else (x, outs)
+
+    def _feature_steps(self) -> List[nn.Module]:
+        """Modules that take the input from one feature level to the next; the last one's output is
+        ``forward_features``'s (default: the feature modules, for models whose stages chain)."""
+        return self.feature_modules()
 
     def drop_train_only_modules(self) -> None:
         """Delete modules that exist only for training (called by ``repzoo.reparameterize``)."""
@@ -82,10 +137,27 @@ class RepClassifier(nn.Module):
                 delattr(self, name)
 
 
+def feature_indices(indices: Optional[Union[int, Sequence[int]]], n: int) -> List[int]:
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise InvalidArgumentError(f"indices={indices}: this model has {n} feature levels")
+        return list(range(n - indices, n))
+    out = []
+    for i in indices:
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise InvalidArgumentError(f"feature index {i} is out of range: this model has {n} feature levels "
+                                       f"(0..{n - 1}, or -{n}..-1 from the end)")
+        out.append(j)
+    return out
+
+
 class VGGStyleClassifier(RepClassifier):
     """The VGG-style body shared by RepVGG and RepOpt-VGG.
 
-    ``stage0`` (one block, stride 2), ``stage1..4`` (``nn.Sequential``, first block stride 2),
+    ``stage0`` (one block, stride 2), ``stage1..4`` (:class:`Stage`, first block stride 2),
     ``gap``, ``head_drop``, ``linear``. ``make_block(in_ch, out_ch, stride, layer, index)`` builds
     each block; ``layer`` counts blocks from 1 (stage0 is 0), ``index`` is the position in its stage.
     """
@@ -101,16 +173,16 @@ class VGGStyleClassifier(RepClassifier):
             for i in range(n):
                 blocks.append(make_block(in_ch, out_ch, 2 if i == 0 else 1, layer, i))
                 in_ch, layer = out_ch, layer + 1
-            self.add_module(f"stage{s}", nn.Sequential(*blocks))
+            self.add_module(f"stage{s}", Stage(*blocks))
             self.feature_info.append(dict(num_chs=out_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
         self.num_features = widths[-1]
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
-        self.linear = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.linear = self._make_head(num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._run(self.stage0, x)
-        for stage in (self.stage1, self.stage2, self.stage3, self.stage4):
-            for block in stage:
-                x = self._run(block, x)
-        return x
+        x = self.stage0(x)
+        x = self.stage1(x)
+        x = self.stage2(x)
+        x = self.stage3(x)
+        return self.stage4(x)

@@ -4,26 +4,23 @@
   conv and a ``fusion_bn`` branch, keys ``…ghost{1,2}.fusion_bn.*``);
 * ``RepOpt-GhostNet-<w>`` — the target model (``final_bn`` only), trained with a RepOptimizer;
 * ``RepOpt-GhostNet-<w>-hs`` / ``-csla`` — Hyper-Search and constant-scale models
-  (``fusion_scale`` and a cheap ``ScaleLayer``, then ``final_bn``); csla takes ``scales=``.
+  (``fusion_scale`` and a cheap ``ScaleLayer``, then ``final_bn``); ``create_model`` gives a
+  csla model its scales (``scales=``; released only for 0.5x, the default there).
 
 Widths 0.5x … 2.0x. The timm re-host of the RepGhost authors' weights (``repghostnet_050``
 …) loads through the ``timm`` key adapter registered here. Deploy keys: see
 :mod:`repzoo.layers.ghost`; the stem's ``bn1`` is folded into ``conv_stem`` (which gains a bias).
 """
-from __future__ import annotations
-
 import re
-from typing import Dict, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping
 
 import torch
 from torch import nn
 
-from ..adapters import register_key_adapter
-from ..errors import WeightsUnavailableError
 from ..layers.ghost import ConvBnAct, RepGhostBottleneck, make_divisible
-from ..layers.repopt import ScalesSource, fetch_default_scales, load_scales_into
 from ..registry import register_model
-from .base import RepClassifier
+from ..weights.adapters import register_key_adapter
+from .base import RepClassifier, Stage
 
 __all__ = ["RepGhostNet", "GHOST_CFGS"]
 
@@ -44,13 +41,10 @@ GHOST_CFGS = (
 )
 HEAD_CHANNELS = 1280
 
-#: width -> the width's spelling in the names; the released scale files by width.
+#: width -> the width's spelling in the names, and timm's name of the RepGhostNet at that width.
 WIDTHS: Dict[float, str] = {0.5: "0.5x", 0.58: "0.58x", 0.8: "0.8x", 1.0: "1.0x", 1.11: "1.11x",
                             1.3: "1.3x", 1.5: "1.5x", 2.0: "2.0x"}
-RELEASED_SCALES = ("RepOpt-GhostNet-0.5x",)
-
-# timm-style evaluation: Resize(256) then CenterCrop(224), bicubic.
-_EVAL_CFG = dict(interpolation="bicubic", crop_pct=0.875)
+TIMM_NAMES: Dict[float, str] = {w: f"repghostnet_{round(w * 100):03d}" for w in WIDTHS}
 
 
 class RepGhostNet(RepClassifier):
@@ -91,11 +85,11 @@ class RepGhostNet(RepClassifier):
                 blocks.append(RepGhostBottleneck(in_ch, mid_ch, out_ch, k, stride, se_ratio, mode=mode,
                                                  num_stage_blocks=run, deploy=deploy))
                 in_ch, reduction = out_ch, reduction * stride
-            stages.append(nn.Sequential(*blocks))
+            stages.append(Stage(*blocks))
             if s + 1 == len(GHOST_CFGS) or GHOST_CFGS[s + 1][0][4] > 1:
                 self.feature_info.append(dict(num_chs=in_ch, reduction=reduction, module=f"blocks.{s}"))
         last = make_divisible(GHOST_CFGS[-1][-1][1] * width * 2, 4)
-        stages.append(nn.Sequential(ConvBnAct(in_ch, last, 1, deploy=deploy)))
+        stages.append(Stage(ConvBnAct(in_ch, last, 1, deploy=deploy)))
         self.feature_info[-1] = dict(num_chs=last, reduction=reduction, module=f"blocks.{len(GHOST_CFGS)}")
         self.blocks = nn.Sequential(*stages)
         self.num_features, self.head_hidden_size = last, HEAD_CHANNELS
@@ -104,29 +98,21 @@ class RepGhostNet(RepClassifier):
         self.act2 = nn.ReLU()
         self.flatten = nn.Flatten(1)
         self.head_drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(HEAD_CHANNELS, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = self._make_head(num_classes)
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, object]:
         return dict(stem=r"^conv_stem|^bn1", blocks=[(r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)", None),
                                                      (r"^conv_head", (99999,))])
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        """A fresh ``classifier`` (``Linear(1280, num_classes)``; 0: ``forward`` returns the 1280 features)."""
-        if global_pool != "avg":
-            raise ValueError(f"only global_pool='avg' is supported, not {global_pool!r}")
-        self.num_classes = num_classes
-        ref = self.conv_head.weight
-        self.classifier = (nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
-                           if num_classes > 0 else nn.Identity())
-        if hasattr(self, "pretrained_cfg"):
-            self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv_stem(x)))
-        for stage in self.blocks:
-            for block in stage:
-                x = self._run(block, x)
-        return x
+        return self.blocks(self.act1(self.bn1(self.conv_stem(x))))
+
+    def _feature_steps(self) -> List[nn.Module]:
+        ends = [int(info["module"].split(".")[1]) for info in self.feature_info]
+        starts = [0] + [e + 1 for e in ends[:-1]]
+        steps = [self.blocks[s:e + 1] for s, e in zip(starts, ends)]
+        steps[0] = nn.Sequential(self.conv_stem, self.bn1, self.act1, steps[0])
+        return steps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.flatten(self.act2(self.conv_head(self.global_pool(x))))
@@ -134,35 +120,26 @@ class RepGhostNet(RepClassifier):
         return x if pre_logits else self.classifier(x)
 
 
-def _create(width: float, mode: str, scales: Optional[ScalesSource] = None, **kwargs) -> RepGhostNet:
-    if scales is not None and mode != "csla":
-        raise TypeError(f"scales= is for the -csla models, not mode {mode!r}")
-    model = RepGhostNet(width=width, mode=mode, **kwargs)
-    # As for RepOpt-VGG: no scales for a deploy model, nor on the meta device (a checkpoint follows).
-    if mode == "csla" and not kwargs.get("deploy", False) and torch.get_default_device().type != "meta":
-        if scales is None:
-            target = f"RepOpt-GhostNet-{WIDTHS[width]}"
-            if target not in RELEASED_SCALES:
-                raise WeightsUnavailableError(
-                    f"No scale file was released for {target} (only for {', '.join(RELEASED_SCALES)}). Run "
-                    f"Hyper-Search ({target}-hs) and pass its scales: create_model('{target}-csla', scales=...)."
-                )
-            scales = fetch_default_scales(target)
-        load_scales_into(model, scales)
-    return model
+def _create(width: float, mode: str, **kwargs) -> RepGhostNet:
+    return RepGhostNet(width=width, mode=mode, **kwargs)
 
 
 def _register(name: str, width: float, mode: str):
-    family = "RepGhostNet" if mode == "rep" else "RepOpt-GhostNet"
-    paper = PAPER if mode == "rep" else REPOPT_PAPER
-    return register_model(name, family=family, paper=paper, config=dict(width=width, mode=mode),
-                          default_cfg=_EVAL_CFG)
+    if mode == "rep":
+        return register_model(name, family="RepGhostNet", paper=PAPER, config=dict(width=width, mode=mode),
+                              aliases=(TIMM_NAMES[width],))
+    return register_model(name, family="RepOpt-GhostNet", paper=REPOPT_PAPER, config=dict(width=width, mode=mode),
+                          scales=f"RepOpt-GhostNet-{WIDTHS[width]}" if mode == "csla" else None)
 
 
 _TIMM_FUSION_BN = re.compile(r"\.fusion_bn\.0\.")
 
 
-@register_key_adapter("timm", "RepGhostNet")
+def _is_timm(keys: Iterable[str]) -> bool:
+    return any(".fusion_bn.0." in k for k in keys)
+
+
+@register_key_adapter("timm", "RepGhostNet", detect=_is_timm)
 def timm_to_official(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """timm's ``repghostnet_*`` keys to RepOptimizers': ``…ghost{1,2}.fusion_bn.0.*`` → ``…fusion_bn.*``.
 
@@ -233,7 +210,7 @@ def repopt_ghostnet_0_5x_hs(**kwargs) -> RepGhostNet:
 
 @_register("RepOpt-GhostNet-0.5x-csla", 0.5, "csla")
 def repopt_ghostnet_0_5x_csla(**kwargs) -> RepGhostNet:
-    """RepOpt-GhostNet-0.5x CSLA model (constant scales from ``scales=``)."""
+    """RepOpt-GhostNet-0.5x CSLA model (constant scales; default: the released 0.5x file)."""
     return _create(0.5, "csla", **kwargs)
 
 

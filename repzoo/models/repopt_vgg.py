@@ -7,29 +7,19 @@ architecture:
 * ``RepOpt-VGG-B1`` — the target model, plain conv-BN-ReLU blocks, trained with a
   RepOptimizer (:mod:`repzoo.optim`);
 * ``RepOpt-VGG-B1-hs`` — Hyper-Search: linear-add blocks with trainable scales;
-* ``RepOpt-VGG-B1-csla`` — the same blocks with ``scale_conv`` / ``scale_1x1`` loaded from a
-  scale file (``scales=``) and frozen, ``scale_identity`` trainable;
+* ``RepOpt-VGG-B1-csla`` — the same blocks with ``scale_conv`` / ``scale_1x1`` frozen and
+  ``scale_identity`` trainable; ``create_model`` loads the scales (``scales=``, default the
+  released file of the architecture, shipped with repzoo);
 * ``RepOpt-VGG-B1-repvgg`` — RepOptimizers' RepVGG-form baseline (its own key names).
 
 Every form converts to the same deploy model: one 3x3 conv with bias per block
 (``stage0.conv.weight/bias``, ``stage{s}.{i}.conv.weight/bias``), ReLU, ``linear``.
 """
-from __future__ import annotations
+from typing import Dict, Sequence
 
-from typing import Dict, Optional, Sequence
-
-import torch
 from torch import nn
 
-from ..layers.repopt import (
-    LinearAddBlock,
-    RepOptRepVGGBlock,
-    RepOptVGGBlock,
-    ScalesSource,
-    fetch_default_scales,
-    hs_scale_init,
-    load_scales_into,
-)
+from ..layers.repopt import LinearAddBlock, RepOptRepVGGBlock, RepOptVGGBlock, hs_scale_init
 from ..registry import register_model
 from .base import VGGStyleClassifier
 from .repvgg import stage_widths
@@ -49,10 +39,6 @@ ARCHS: Dict[str, dict] = {
     "RepOpt-VGG-L1": dict(num_blocks=L_BLOCKS, width_multiplier=(2, 2, 2, 4)),
     "RepOpt-VGG-L2": dict(num_blocks=L_BLOCKS, width_multiplier=(2.5, 2.5, 2.5, 5)),
 }
-
-# RepOpt-VGG's evaluation: Resize(224) then CenterCrop(224), bilinear.
-_EVAL_CFG = dict(interpolation="bilinear", crop_pct=1.0)
-
 
 def _block(mode: str, in_ch: int, out_ch: int, stride: int, index: int, deploy: bool) -> nn.Module:
     if mode == "target":
@@ -80,21 +66,14 @@ class RepOptVGG(VGGStyleClassifier):
                          num_classes, in_chans, drop_rate)
 
 
-def _create(arch: str, mode: str, scales: Optional[ScalesSource] = None, **kwargs) -> RepOptVGG:
-    if scales is not None and mode != "csla":
-        raise TypeError(f"scales= is for the -csla models, not {arch} in mode {mode!r}")
-    model = RepOptVGG(**ARCHS[arch], mode=mode, **kwargs)
-    # A csla model gets its constant scales now, unless it is a deploy model (no scales left) or
-    # is being built on the meta device, where a checkpoint is about to supply every tensor.
-    if mode == "csla" and not kwargs.get("deploy", False) and torch.get_default_device().type != "meta":
-        load_scales_into(model, fetch_default_scales(arch) if scales is None else scales)
-    return model
+def _create(arch: str, mode: str, **kwargs) -> RepOptVGG:
+    return RepOptVGG(**ARCHS[arch], mode=mode, **kwargs)
 
 
 def _register(arch: str, mode: str):
     name = arch if mode == "target" else f"{arch}-{mode}"
     config = dict(ARCHS[arch], mode=mode)
-    return register_model(name, family=FAMILY, paper=PAPER, config=config, default_cfg=_EVAL_CFG)
+    return register_model(name, family=FAMILY, paper=PAPER, config=config, scales=arch if mode == "csla" else None)
 
 
 @_register("RepOpt-VGG-B1", "target")

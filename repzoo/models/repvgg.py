@@ -3,16 +3,14 @@
 Keys, widths and grouping follow DingXiaoH/RepVGG so that the released
 ``RepVGG-*-train.pth`` and converted ``*-deploy.pth`` files load as they are.
 """
-from __future__ import annotations
-
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from ..adapters import register_key_adapter
 from ..errors import IncompatibleCheckpointError
 from ..layers.repvgg_block import RepVGGBlock
 from ..registry import register_model
+from ..weights.adapters import register_key_adapter
 from .base import VGGStyleClassifier
 
 __all__ = ["RepVGG"]
@@ -73,8 +71,8 @@ def _create(name: str, **kwargs) -> RepVGG:
     return RepVGG(**VARIANTS[name], **kwargs)
 
 
-def _register(name: str, **default_cfg):
-    return register_model(name, family=FAMILY, paper=PAPER, config=VARIANTS[name], default_cfg=default_cfg)
+def _register(name: str):
+    return register_model(name, family=FAMILY, paper=PAPER, config=VARIANTS[name])
 
 
 @_register("RepVGG-A0")
@@ -155,7 +153,7 @@ def repvgg_b3g4(**kwargs) -> RepVGG:
     return _create("RepVGG-B3g4", **kwargs)
 
 
-@_register("RepVGG-D2se", input_size=(3, 320, 320), crop_pct=1.0, train_input_size=(3, 224, 224))
+@_register("RepVGG-D2se")
 def repvgg_d2se(**kwargs) -> RepVGG:
     """RepVGG-D2se (SE before the ReLU): 120.39M deploy params, 83.55% top-1 at 320."""
     return _create("RepVGG-D2se", **kwargs)
@@ -190,7 +188,11 @@ def _timm_key(key: str) -> str:
     raise KeyError(key)
 
 
-@register_key_adapter("timm", FAMILY)
+def _is_timm(keys: Iterable[str]) -> bool:
+    return any(k.startswith(("stem.", "stages.")) for k in keys)
+
+
+@register_key_adapter("timm", FAMILY, detect=_is_timm)
 def timm_to_official(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """A timm ``repvgg_*`` state dict with DingXiaoH/RepVGG's key names (see the table above)."""
     out: Dict[str, torch.Tensor] = {}

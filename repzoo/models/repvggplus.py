@@ -4,9 +4,7 @@ In training mode the model returns the reference's dict of outputs (``main`` and
 three auxiliary logits); in eval mode it returns the logits.  The auxiliary heads are
 dropped at deploy (the reference's deploy forward raises; this one works).
 """
-from __future__ import annotations
-
-from typing import Dict, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 from torch import nn
@@ -14,7 +12,7 @@ from torch import nn
 from ..layers.conv_bn import ConvBn
 from ..layers.repvgg_block import RepVGGBlock
 from ..registry import register_model
-from .base import RepClassifier
+from .base import RepClassifier, Stage
 from .repvgg import D_BLOCKS, PAPER, stage_widths
 
 __all__ = ["RepVGGplus"]
@@ -31,26 +29,27 @@ class RepVGGplusStage(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, num_blocks: int, stride: int, se, deploy: bool):
         super().__init__()
-        self.blocks = nn.ModuleList(
+        self.blocks = Stage(*(
             RepVGGBlock(in_ch if i == 0 else out_ch, out_ch, stride=stride if i == 0 else 1, se=se, deploy=deploy)
             for i in range(num_blocks)
-        )
-        self.grad_checkpointing = False
+        ))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        return self.blocks(x)
 
 
 def _aux_head(channels: int, num_classes: int) -> nn.Sequential:
     """``conv_bn_relu(C, C, 3, s2)`` → pool → flatten → ``Linear``: keys ``.0.conv``, ``.0.bn``, ``.3``."""
     conv = ConvBn(channels, channels, 3, stride=2, padding=1)
     conv.add_module("relu", nn.ReLU())
-    return nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+    return nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), _aux_linear(channels, num_classes))
+
+
+def _aux_linear(channels: int, num_classes: int, like: Union[torch.Tensor, None] = None) -> nn.Module:
+    if num_classes <= 0:
+        return nn.Identity()
+    kw = {} if like is None else dict(device=like.device, dtype=like.dtype)
+    return nn.Linear(channels, num_classes, **kw)
 
 
 class RepVGGplus(RepClassifier):
@@ -75,7 +74,7 @@ class RepVGGplus(RepClassifier):
         self.num_features = w[4]
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
-        self.linear = nn.Linear(self.num_features, num_classes)
+        self.linear = self._make_head(num_classes)
         if not deploy:
             for name, ch in zip(_AUX, w[1:4]):
                 self.add_module(name, _aux_head(ch, num_classes))
@@ -98,19 +97,17 @@ class RepVGGplus(RepClassifier):
         for name in _AUX:
             if hasattr(self, name):
                 aux = getattr(self, name)
-                aux[3] = nn.Linear(aux[3].in_features, num_classes, device=aux[3].weight.device,
-                                   dtype=aux[3].weight.dtype) if num_classes > 0 else nn.Identity()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        super().set_grad_checkpointing(enable)
-        for stage in (self.stage1, self.stage2, self.stage3_first, self.stage3_second, self.stage4):
-            stage.grad_checkpointing = enable
+                aux[3] = _aux_linear(aux[0].conv.out_channels, num_classes, aux[0].conv.weight)
 
     def group_matcher(self, coarse: bool = False):
         return dict(stem=r"^stage0", blocks=r"^stage(\d+)" if coarse else r"^stage(\d+)\w*\.blocks\.(\d+)")
 
+    def _feature_steps(self) -> List[nn.Module]:
+        return [self.stage0, self.stage1, self.stage2, nn.Sequential(self.stage3_first, self.stage3_second),
+                self.stage4]
+
     def _features(self, x: torch.Tensor):
-        x = self._run(self.stage0, x)
+        x = self.stage0(x)
         s1 = self.stage1(x)
         s2 = self.stage2(s1)
         s3 = self.stage3_first(s2)
@@ -128,8 +125,7 @@ class RepVGGplus(RepClassifier):
                 "stage3_first_aux": self.stage3_first_aux(s3)}
 
 
-@register_model("RepVGGplus-L2pse", family="RepVGGplus", paper=PAPER, config=VARIANTS["RepVGGplus-L2pse"],
-                default_cfg=dict(input_size=(3, 320, 320), crop_pct=1.0, train_input_size=(3, 256, 256)))
+@register_model("RepVGGplus-L2pse", family="RepVGGplus", paper=PAPER, config=VARIANTS["RepVGGplus-L2pse"])
 def repvggplus_l2pse(**kwargs) -> RepVGGplus:
     """RepVGGplus-L2pse: 127.15M deploy params, 84.06% top-1 (train 256, test 320)."""
     return RepVGGplus(**VARIANTS["RepVGGplus-L2pse"], **kwargs)

@@ -20,7 +20,7 @@ from .handlers import (
     get_handler,
     weight_decay_groups,
 )
-from .scales import SCALE_SUFFIXES, extract_scales, is_scale_key, load_scales, save_scales
+from ..weights.scales import SCALE_SUFFIXES, extract_scales, is_scale_key, load_scales, save_scales
 from .sgd import RepOptimizerSGD
 
 __all__ = [

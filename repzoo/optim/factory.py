@@ -9,7 +9,7 @@ from torch import nn
 from .adamw import RepOptimizerAdamW
 from .base import RepOptimizer
 from .handlers import get_handler, weight_decay_groups
-from .scales import ScaleSource, load_scales
+from ..weights.scales import ScaleSource, load_scales
 from .sgd import RepOptimizerSGD
 
 __all__ = ["create_repoptimizer"]

@@ -1,28 +1,30 @@
-"""Train-to-deploy conversion: the math (:mod:`.fuse`) and the machinery (:mod:`.base`)."""
+"""Train-to-deploy conversion: the math (:mod:`.fuse`), state-dict helpers (:mod:`.state`), the block
+protocol (:mod:`.block`) and whole-tree conversion (:mod:`.tree`)."""
 
 #: Bumped whenever a conversion's output changes; the deploy cache is keyed by it.
 CONVERSION_VERSION = 2  # 2: GhostNet's stem BN is folded into conv_stem
-from .base import ReparamBlock, bn_args, conv_bn_pairs, conversion_error, convert_state_dict, reparam_blocks, reparameterize, without
-from .fuse import (
-    bn_scale_shift,
-    fuse_bn,
-    fuse_conv_bn,
-    identity_kernel,
-    pad_kernel,
-    scale_kernel,
-    sum_branches,
-)
+
+from .block import ReparamBlock  # noqa: E402
+from .fuse import bn_scale_shift, fuse_bn, fuse_conv_bn, identity_kernel, pad_kernel, scale_kernel, sum_branches  # noqa: E402
+from .state import BN_EPS, bn_args, conv_state, fused_bn, fused_conv_bn  # noqa: E402
+from .tree import (conv_bn_pairs, conversion_error, convert_state_dict, is_deploy, model_signature,  # noqa: E402
+                   reparam_blocks, reparameterize)
 
 __all__ = [
     "CONVERSION_VERSION",
     "ReparamBlock",
     "reparameterize",
     "convert_state_dict",
+    "model_signature",
+    "is_deploy",
     "reparam_blocks",
-    "conversion_error",
     "conv_bn_pairs",
+    "conversion_error",
+    "BN_EPS",
     "bn_args",
-    "without",
+    "fused_conv_bn",
+    "fused_bn",
+    "conv_state",
     "bn_scale_shift",
     "fuse_bn",
     "fuse_conv_bn",

@@ -1,4 +1,4 @@
-"""RepOptimizer scale files: read, extract from a Hyper-Search model, write.
+"""RepOptimizer scale files: the released ones (shipped in the package), read, extract, write, load into a model.
 
 A scale file is a flat ``{hs-model key: 1-D tensor}`` dict, the scale parameters of a
 trained Hyper-Search (``-hs``) model:
@@ -8,6 +8,11 @@ trained Hyper-Search (``-hs``) model:
   ``stage{s}.{i}``);
 * RepOpt-GhostNet: ``<mod>.cheap_operation.1.weight`` and ``<mod>.fusion_scale.weight``
   (``<mod>`` = ``blocks.{s}.{i}.ghost{1,2}``).
+
+The five released scale files (DingXiaoH/RepOptimizers, MIT) ship inside the package as
+safetensors (``repzoo/weights/data/``), each verified against the manifest's sha256 of the
+packaged copy before use; the manifest keeps the released ``.pth`` files' URLs and sha256 too,
+and :func:`released_scales` falls back to fetching those when a packaged copy is missing.
 """
 from __future__ import annotations
 
@@ -19,9 +24,17 @@ from typing import Dict, Mapping, Union
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, RepZooError, WeightsUnavailableError
+from ..errors import ChecksumError, CheckpointError, IncompatibleCheckpointError, RepZooError
+from ..layers.scale import ScaleLayer
+from .checkpoint import read_state_dict, save_state_dict, unwrap_state_dict
+from .files import verified_sha256
+from . import manifest
 
-__all__ = ["SCALE_SUFFIXES", "load_scales", "extract_scales", "save_scales", "is_scale_key"]
+__all__ = ["SCALE_SUFFIXES", "DATA_DIR", "load_scales", "extract_scales", "save_scales", "is_scale_key",
+           "released_scales", "load_scales_into", "scale_keys"]
+
+#: Where the packaged copies of the released scale files live.
+DATA_DIR = Path(__file__).with_name("data")
 
 Scales = Dict[str, torch.Tensor]
 ScaleSource = Union[str, os.PathLike, Mapping[str, object], nn.Module]
@@ -94,23 +107,12 @@ def load_scales(source: ScaleSource) -> Scales:
       script saves it; its 100-class head ``linear.*`` and every non-scale tensor are dropped);
     * an in-memory state dict or scale dict;
     * a trained hs model (:func:`extract_scales`);
-    * a model or manifest name (``"RepOpt-VGG-B1"``): the released scale file, fetched and
-      verified by :func:`repzoo.hub.fetch_scales`.
+    * a model name (``"RepOpt-VGG-B1"``): the released scale file (:func:`released_scales`).
     """
     if isinstance(source, nn.Module):
         return extract_scales(source)
     if isinstance(source, Mapping):
-        from ..checkpoint import unwrap_state_dict
-
-        inner = source
-        for wrapper in ("model", "state_dict"):
-            if isinstance(source.get(wrapper), Mapping):
-                inner = source[wrapper]
-                break
-        tensors = {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
-        if len(tensors) == len(inner) and tensors:
-            inner = unwrap_state_dict(tensors)  # strips a DDP ``module.`` prefix
-        return _select(inner, "the scale dict")
+        return _select(unwrap_state_dict(source, strict=False), "the scale dict")
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"load_scales takes a path, a name, a dict or an nn.Module, not {type(source).__name__}")
     path = os.fspath(source)
@@ -118,38 +120,25 @@ def load_scales(source: ScaleSource) -> Scales:
         if _looks_like_path(path):
             raise CheckpointError(f"Scale file {path!r} does not exist. Check the path, or pass a model name "
                                   "such as 'RepOpt-VGG-B1' to use the released scales.")
-        path = os.fspath(_fetch(path))
-    return _select(_read(path), f"scale file {path!r}")
+        path = os.fspath(released_scales(path))
+    return _select(read_state_dict(path, strict=False), f"scale file {path!r}")
 
 
-def _read(path: str) -> Mapping[str, torch.Tensor]:
-    from ..checkpoint import read_state_dict
+def released_scales(name: str) -> Path:
+    """The verified released scale file of RepOpt model ``name`` (``RepOpt-VGG-B1`` …): the packaged
+    copy, or where it is missing the released ``.pth``, fetched (see :func:`repzoo.weights.hub.fetch`)."""
+    rec = manifest.load_manifest().scales(name)
+    if rec.packaged is not None:
+        path = DATA_DIR / rec.packaged.file
+        if path.is_file():
+            got = verified_sha256(path)
+            if got != rec.packaged.sha256:
+                raise ChecksumError(f"The packaged scale file {path} has sha256 {got}, not {rec.packaged.sha256}: "
+                                    "the installation is damaged. Reinstall repzoo.")
+            return path
+    from .hub import fetch
 
-    try:
-        return read_state_dict(path)
-    except CheckpointError as err:
-        if "no state dict of tensors" not in str(err):
-            raise
-    # A training checkpoint may keep non-tensor entries beside the weights inside 'model'.
-    from ..checkpoint import _read_file
-
-    obj = _read_file(path)
-    if isinstance(obj, Mapping):
-        obj = obj.get("model", obj.get("state_dict", obj))
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path!r} holds no dict of tensors; it is not a scale file or an hs checkpoint.")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def _fetch(name: str) -> Path:
-    try:
-        from ..hub import fetch_scales
-    except ImportError:
-        raise WeightsUnavailableError(
-            f"{name!r} is not a file, and this build of repzoo cannot fetch released scale files by name. "
-            "Download the scale file by hand and pass its path."
-        ) from None
-    return Path(fetch_scales(name))
+    return fetch(rec.file_name, sources=rec.sources, sha256=rec.sha256, size=rec.size, hint=rec.hint())
 
 
 def save_scales(scales: Union[Mapping[str, torch.Tensor], nn.Module], path: Union[str, os.PathLike]) -> Path:
@@ -158,8 +147,6 @@ def save_scales(scales: Union[Mapping[str, torch.Tensor], nn.Module], path: Unio
     ``scales`` is a scale dict or an hs model (its scales are extracted). The file loads
     with :func:`load_scales` and with ``torch.load(path, weights_only=True)``.
     """
-    from ..checkpoint import save_state_dict
-
     data = extract_scales(scales) if isinstance(scales, nn.Module) else _select(scales, "the scale dict")
     if len(data) != len(scales) and not isinstance(scales, nn.Module):
         extra = sorted(set(scales) - set(data))[:5]
@@ -168,3 +155,37 @@ def save_scales(scales: Union[Mapping[str, torch.Tensor], nn.Module], path: Unio
     path.parent.mkdir(parents=True, exist_ok=True)
     save_state_dict(data, path)
     return path
+
+
+def scale_keys(model: nn.Module) -> Dict[str, ScaleLayer]:
+    """``{state-dict key: ScaleLayer}`` for every scale layer in ``model`` (``…scale_conv.weight`` …)."""
+    return {f"{name}.weight" if name else "weight": m for name, m in model.named_modules() if isinstance(m, ScaleLayer)}
+
+
+@torch.no_grad()
+def load_scales_into(model: nn.Module, source: ScaleSource) -> nn.Module:
+    """Copy the scales of ``source`` into ``model``'s scale layers, matched by hs key name.
+
+    Every scale layer of ``model`` must find its key (shape included); other keys of the
+    source (the conv kernels and the 100-class head of a full hs checkpoint) are ignored.
+    ``requires_grad`` of each scale is left as the model set it (csla freezing).
+    """
+    scales = load_scales(source)
+    targets = scale_keys(model)
+    missing = sorted(k for k in targets if k not in scales)
+    wrong = sorted(k for k in targets if k in scales and tuple(scales[k].shape) != tuple(targets[k].weight.shape))
+    if missing or wrong:
+        lines = []
+        if missing:
+            more = f" … and {len(missing) - 6} more" if len(missing) > 6 else ""
+            lines.append(f"missing scales ({len(missing)}): {', '.join(missing[:6])}{more}")
+        if wrong:
+            lines.append("mismatched shapes: " + "; ".join(
+                f"{k}: scales {list(scales[k].shape)} vs model {list(targets[k].weight.shape)}" for k in wrong[:5]))
+        raise IncompatibleCheckpointError(
+            "The scales do not fit this model:\n  " + "\n  ".join(lines)
+            + "\nPass the scale file of this very architecture (the hs model's scale parameters)."
+        )
+    for key, layer in targets.items():
+        layer.weight.copy_(scales[key].to(layer.weight.dtype))
+    return model

@@ -1,10 +1,10 @@
-"""A typed, read-only view of the weights manifest (``repzoo/weights_manifest.json``).
+"""A typed, read-only view of the weights manifest (``repzoo/weights/weights_manifest.json``).
 
-The manifest is data: every released checkpoint of every model (names of families not
-built yet included) and the RepOptimizer scale files. The registry reads the tags, the
-weights layer the records, the hub layer the scale files, the CLI all of it::
+The manifest is data: every released checkpoint of every model, with its evaluation config,
+and the RepOptimizer scale files. The catalog reads the tags, the pretrained loader the
+records, the scales loader the scale files, the CLI all of it::
 
-    from repzoo.manifest import load_manifest
+    from repzoo.weights.manifest import load_manifest
     rec = load_manifest().weights("RepVGG-A0")          # the default (first) tag
     rec.files[0].file_name, rec.top1, rec.eval.crop_pct
 
@@ -17,17 +17,18 @@ import functools
 import json
 import pathlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .errors import RepZooError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .hub import Source
+from ..errors import RepZooError, WeightsUnavailableError
+from ..registry import model_names, normalize_name
 
 __all__ = [
     "MANIFEST_PATH",
+    "Source",
     "ManualLink",
     "EvalConfig",
+    "DEFAULT_EVAL",
+    "Packaged",
     "FileRecord",
     "WeightsRecord",
     "ModelRecord",
@@ -37,6 +38,46 @@ __all__ = [
 
 #: The packaged copy of the repository-root ``weights_manifest.json``.
 MANIFEST_PATH = pathlib.Path(__file__).with_name("weights_manifest.json")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a file can be downloaded from.
+
+    Attributes:
+        kind: ``"hf"`` (Hugging Face Hub), ``"url"`` (HTTP(S)) or ``"gdrive"`` (Google Drive).
+        location: ``"owner/repo"`` for hf, the full URL for url, the file id for gdrive.
+        filename: hf only: the path of the file in the repository.
+        revision: hf only: branch, tag or commit (default ``main``).
+    """
+
+    kind: str
+    location: str
+    filename: Optional[str] = None
+    revision: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hf", "url", "gdrive"):
+            raise RepZooError(f"Unknown source kind {self.kind!r}: use 'hf', 'url' or 'gdrive'.")
+        if self.kind == "hf" and not self.filename:
+            raise RepZooError(f"Hugging Face source {self.location!r} needs filename= (the file's path in the repo).")
+
+    def describe(self) -> str:
+        """A one-line human description (used in error messages)."""
+        if self.kind == "hf":
+            rev = f"@{self.revision}" if self.revision else ""
+            return f"Hugging Face Hub {self.location}{rev} / {self.filename}"
+        if self.kind == "gdrive":
+            return f"Google Drive file {self.location}"
+        return self.location
+
+    def manual_link(self) -> str:
+        """Where a person can download the file with a web browser."""
+        if self.kind == "hf":
+            return f"https://huggingface.co/{self.location}/blob/{self.revision or 'main'}/{self.filename}"
+        if self.kind == "gdrive":
+            return f"https://drive.google.com/file/d/{self.location}"
+        return self.location
 
 
 @dataclass(frozen=True)
@@ -68,6 +109,22 @@ class EvalConfig:
                     mean=self.mean, std=self.std)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The evaluation config of a model without released weights: ImageNet's, at 224 (timm's default).
+DEFAULT_EVAL = EvalConfig((3, 224, 224), 0.875, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A copy of a released file that ships inside the package (``repzoo/weights/data/<file>``),
+    converted to safetensors; ``sha256`` is the packaged file's own hash."""
+
+    file: str
+    sha256: str
+
+
 @dataclass(frozen=True)
 class FileRecord:
     """One file: its name in the cache / mirror, what is known of it, and where it comes from.
@@ -78,11 +135,12 @@ class FileRecord:
     file_name: str
     size: Optional[int]
     sha256: Optional[str]
-    sources: Tuple["Source", ...]
+    sources: Tuple[Source, ...]
     form: Optional[str] = None
     key_style: Optional[str] = None
     manual: Tuple[ManualLink, ...] = ()
     note: Optional[str] = None
+    packaged: Optional["Packaged"] = None
 
     def hint(self) -> Optional[str]:
         """Text for humans on getting the file by hand (for error messages), beyond the sources' own links."""
@@ -124,23 +182,26 @@ class ModelRecord:
     weights: Tuple[WeightsRecord, ...] = field(repr=False)
 
 
-def _norm(name: str) -> str:
-    from .registry import normalize_name
-
-    return normalize_name(name)
+_norm = normalize_name
 
 
-def _parse_file(d: Mapping[str, Any], source_cls) -> FileRecord:
+def _parse_eval(d: Mapping[str, Any]) -> EvalConfig:
+    return EvalConfig(tuple(d["input_size"]), float(d["crop_pct"]), d["interpolation"], tuple(d["mean"]),
+                      tuple(d["std"]), d.get("source"))
+
+
+def _parse_file(d: Mapping[str, Any]) -> FileRecord:
     return FileRecord(
         file_name=d["file_name"],
         size=d.get("size"),
         sha256=d.get("sha256"),
-        sources=tuple(source_cls(s["kind"], s["location"], s.get("filename"), s.get("revision"))
+        sources=tuple(Source(s["kind"], s["location"], s.get("filename"), s.get("revision"))
                       for s in d.get("sources", ())),
         form=d.get("form"),
         key_style=d.get("key_style"),
         manual=tuple(ManualLink(m["site"], m["url"], m.get("access_code")) for m in d.get("manual", ())),
         note=d.get("note"),
+        packaged=Packaged(d["packaged"]["file"], d["packaged"]["sha256"]) if d.get("packaged") else None,
     )
 
 
@@ -148,8 +209,6 @@ class Manifest:
     """Models → tags → files, and RepOpt scale files. Lookups accept any spelling of a name."""
 
     def __init__(self, data: Mapping[str, Any]):
-        from .hub import Source
-
         self.version = data.get("manifest_version")
         self._models: Dict[str, ModelRecord] = {}
         self._lookup: Dict[str, str] = {}
@@ -158,11 +217,9 @@ class Manifest:
                 WeightsRecord(
                     name=name,
                     tag=t["tag"],
-                    files=tuple(_parse_file(f, Source) for f in t["files"]),
+                    files=tuple(_parse_file(f) for f in t["files"]),
                     top1=t.get("top1"),
-                    eval=EvalConfig(tuple(t["eval"]["input_size"]), float(t["eval"]["crop_pct"]),
-                                    t["eval"]["interpolation"], tuple(t["eval"]["mean"]), tuple(t["eval"]["std"]),
-                                    t["eval"].get("source")),
+                    eval=_parse_eval(t["eval"]),
                     license=m.get("license"),
                     paper=m["paper"],
                     family=m["family"],
@@ -174,9 +231,11 @@ class Manifest:
             self._models[name] = ModelRecord(name, m["family"], m["paper"], m.get("license"), m.get("code"), tags)
             self._lookup[_norm(name)] = name
         self._scales: Dict[str, FileRecord] = {
-            name: _parse_file(d, Source) for name, d in data.get("scales", {}).items()
+            name: _parse_file(d) for name, d in data.get("scales", {}).items()
         }
         self._scale_lookup = {_norm(name): name for name in self._scales}
+        self._family_eval: Dict[str, EvalConfig] = {
+            family: _parse_eval(d["eval"]) for family, d in data.get("families", {}).items()}
 
     @classmethod
     def from_file(cls, path: "pathlib.Path | str") -> "Manifest":
@@ -185,7 +244,7 @@ class Manifest:
 
     # ------------------------------------------------------------------ lookups
     def names(self) -> List[str]:
-        """Every model name in the manifest (registered or not yet built)."""
+        """Every model name in the manifest."""
         return list(self._models)
 
     def scale_names(self) -> List[str]:
@@ -194,9 +253,11 @@ class Manifest:
     def model(self, name: str) -> ModelRecord:
         canonical = self._lookup.get(_norm(name))
         if canonical is None:
-            raise RepZooError(
-                f"No released weights are known for {name!r}. Models with weights: "
-                f"{', '.join(self._models)}. Use checkpoint_path=... for your own file."
+            with_weights = [n for n in model_names() if _norm(n) in self._lookup]
+            raise WeightsUnavailableError(
+                f"No released weights are known for {name!r}: build it without pretrained weights, or load "
+                f"your own checkpoint file (checkpoint_path= in Python). Models with released weights: "
+                f"{', '.join(with_weights)}."
             )
         return self._models[canonical]
 
@@ -217,6 +278,10 @@ class Manifest:
             f"{model.name} has no pretrained tag {tag!r}; its tags are: "
             f"{', '.join(w.tag for w in model.weights)}."
         )
+
+    def family_eval(self, family: str) -> EvalConfig:
+        """The evaluation config of a family's models without released weights (default: ImageNet's at 224)."""
+        return self._family_eval.get(family, DEFAULT_EVAL)
 
     def scales(self, name: str) -> FileRecord:
         """The RepOptimizer scale file of RepOpt model ``name``."""

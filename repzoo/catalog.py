@@ -1,0 +1,59 @@
+"""What the zoo holds: names (with or without released weights), and what each variant is.
+
+The registry knows the architectures, the manifest the released files; this module joins them
+for :func:`list_models`, :func:`model_info`, the README table and the CLI.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .registry import get_model_entry, model_names, name_alias
+from .weights import manifest
+from .weights.pretrained import pretrained_cfg
+
+__all__ = ["list_models", "model_info", "count_params", "pretrained_tags"]
+
+
+def pretrained_tags(name: str) -> List[str]:
+    """Tags of the released weights of ``name`` (``in1k`` …), read from the manifest."""
+    return manifest.load_manifest().tags(get_model_entry(name).name)
+
+
+def list_models(pattern: Optional[str] = None, pretrained: bool = False) -> List[str]:
+    """Canonical names, naturally sorted (``0.5x < 0.58x < 0.8x``, ``B1 < B1g2 < B2``).
+
+    ``pattern`` is a shell wildcard, case-insensitive, matched against the canonical name and its
+    alias; ``pretrained`` keeps the names with released weights.
+    """
+    names = model_names(pattern)
+    return [n for n in names if pretrained_tags(n)] if pretrained else names
+
+
+@functools.lru_cache(maxsize=None)
+def count_params(name: str, deploy: bool) -> int:
+    """Parameters of the train-time or deploy form, counted on the ``meta`` device (no memory)."""
+    with torch.device("meta"):
+        model = get_model_entry(name).builder(deploy=deploy)
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_info(name: str) -> Dict[str, Any]:
+    """What a variant is: family, paper, config, parameters of both forms, eval config, tags."""
+    entry = get_model_entry(name)
+    cfg = pretrained_cfg(entry.name)
+    return {
+        "name": entry.name,
+        "alias": entry.alias,
+        "family": entry.family,
+        "paper": entry.paper,
+        "config": dict(entry.config),
+        "params_train": count_params(entry.name, False),
+        "params_deploy": count_params(entry.name, True),
+        "input_size": tuple(cfg["input_size"]),
+        "pretrained_cfg": cfg,
+        "pretrained_tags": pretrained_tags(entry.name),
+        "hub_entry": name_alias(entry.name),
+    }
