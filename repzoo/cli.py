@@ -55,21 +55,48 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
-    from .weights.checkpoint import save_state_dict
     from .factory import create_model
+    from .registry import get_model_entry
     from .reparam import conversion_error
+    from .weights.checkpoint import read_state_dict, save_state_dict
 
-    train = create_model(args.name, checkpoint_path=args.checkpoint)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise RepZooError(f"The output folder {out_dir} does not exist: create it first, or write elsewhere.")
+    if os.path.exists(args.output) and os.path.exists(args.checkpoint) and os.path.samefile(args.output, args.checkpoint):
+        raise RepZooError(f"{args.output} is the input checkpoint: write the deploy weights to another file.")
+    name = get_model_entry(args.name).name
+    state = read_state_dict(args.checkpoint, checkpoint_key=args.checkpoint_key)
+    num_classes = args.num_classes if args.num_classes is not None else _head_size(name, state)
+    train = create_model(name, checkpoint_path=state, num_classes=num_classes)
     x = torch.randn(2, train.in_chans, *train.pretrained_cfg["input_size"][1:])
     err = conversion_error(train, x)
     if not err < 1e-9:
         raise RepZooError(f"conversion check failed: relative difference {err:.3g} on a random batch")
-    deploy = create_model(args.name, checkpoint_path=args.checkpoint, deploy=True)
+    deploy = create_model(name, checkpoint_path=state, deploy=True, num_classes=num_classes)
     save_state_dict(deploy.state_dict(), args.output)
     print(f"verified on a random batch (float64 relative difference {err:.2e}); wrote {args.output}")
     return 0
+
+
+def _head_size(name: str, state) -> Optional[int]:
+    """The number of classes of the checkpoint's classifier (None when it has no head of this model's kind)."""
+    import torch
+
+    from .registry import get_model_entry
+    from .weights.adapters import adapt_state_dict, detect_key_style
+
+    with torch.device("meta"):
+        model = get_model_entry(name).builder()
+    state = adapt_state_dict(state, detect_key_style(state, name), name)
+    weight = getattr(model, "head_keys", lambda: [])()[:1]
+    if weight and weight[0] in state and state[weight[0]].dim() == 2:
+        return int(state[weight[0]].shape[0])
+    return None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -204,24 +231,22 @@ def _cmd_cache_rm(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import warnings
+
     import torch
 
     from .factory import create_model
 
-    try:
-        from PIL import Image
-        from timm.data import ImageNetInfo, create_transform, resolve_data_config
-    except ImportError as err:  # pragma: no cover - declared dependencies
-        raise RepZooError(f"`repzoo predict` needs Pillow and timm ({err}); pip install timm pillow") from None
+    if args.top_k < 1:
+        raise RepZooError(f"--top-k must be at least 1, not {args.top_k}.")
+    from PIL import Image
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
     model = create_model(args.model, pretrained=True, deploy=True, tag=args.tag).eval()
     transform = create_transform(**resolve_data_config(model=model))
     names = ImageNetInfo() if model.num_classes == 1000 else None
     for path in args.images:
-        try:
-            with Image.open(path) as img:
-                x = transform(img.convert("RGB")).unsqueeze(0)
-        except OSError as err:
-            raise RepZooError(f"Cannot read image {path!r} ({err}). Pass JPEG/PNG files.") from None
+        x = _read_image(path, transform, Image, warnings)
         with torch.no_grad():
             probs = model(x).softmax(-1)[0]
         top = probs.topk(min(args.top_k, probs.numel()))
@@ -230,6 +255,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             label = names.index_to_description(i) if names else f"class {i}"
             print(f"  {rank}. {p:.4f}  {label}  [{i}]")
     return 0
+
+
+def _read_image(path: str, transform, Image, warnings):
+    """The transformed image, or a :class:`RepZooError` (unreadable, or so large it looks like a bomb)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return transform(img.convert("RGB")).unsqueeze(0)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise RepZooError(f"Refused image {path!r}: {err} Pass a photo of ordinary size "
+                          f"(at most {Image.MAX_IMAGE_PIXELS:,} pixels).") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise RepZooError(f"Cannot read image {path!r} ({err}). Pass JPEG/PNG files.") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("checkpoint", help="train-time checkpoint (.pth, .pth.tar, .safetensors)")
     p.add_argument("output", help="deploy weights: .safetensors or .pth")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier size (default: the checkpoint's own, e.g. 100 for a Hyper-Search model)")
+    p.add_argument("--checkpoint-key", default=None, help="the wrapper to read (model_ema, state_dict_ema, …)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("demo", help="build, convert, verify and time a model (offline)")
@@ -290,6 +332,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except RepZooError as err:
         print(f"repzoo: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `repzoo list | head -1`: the reader is gone, which is fine
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

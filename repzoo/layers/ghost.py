@@ -138,6 +138,19 @@ class RepGhostModule(ReparamBlock):
         if mode == "csla":
             self.cheap_operation[1].requires_grad_(False)
 
+    def _linear_kernel(self, sd: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``W·s_cheap + Id·s_fusion`` (hs/csla; ``W`` in target): the depthwise kernel before ``final_bn``."""
+        w = sd["cheap_operation.0.weight"]
+        if self.mode in ("hs", "csla"):
+            ident = identity_kernel(self.out_chs, self.out_chs, self.dw_size, dtype=w.dtype, device=w.device)
+            w = scale_kernel(w, sd["cheap_operation.1.weight"]) + scale_kernel(ident, sd["fusion_scale.weight"])
+        return w
+
+    @torch.no_grad()
+    def linear_kernel(self) -> torch.Tensor:
+        """The depthwise kernel a RepOpt target module trained with a RepOptimizer holds for this module."""
+        return self._linear_kernel(self.state_dict())
+
     def _build_deploy(self) -> None:
         self.primary_conv = nn.Sequential(nn.Conv2d(self.in_chs, self.out_chs, 1, 1, 0, bias=True), self._act())
         self.cheap_operation = nn.Sequential(_dw_conv(self.out_chs, self.dw_size, bias=True))
@@ -162,15 +175,12 @@ class RepGhostModule(ReparamBlock):
         * target: ``fuse_conv_bn(W, final_bn)``.
         """
         dtype = sd["primary_conv.0.weight"].dtype
-        w, c, k = sd["cheap_operation.0.weight"], self.out_chs, self.dw_size
+        c, k = self.out_chs, self.dw_size
         if self.mode == "rep":
             cheap = sum_branches([fused_conv_bn(sd, "cheap_operation.0.weight", "cheap_operation.1."),
                                   fused_bn(sd, "fusion_bn.", c, c, k)], k)
         else:
-            if self.mode != "target":
-                ident = identity_kernel(c, c, k, dtype=w.dtype, device=w.device)
-                w = scale_kernel(w, sd["cheap_operation.1.weight"]) + scale_kernel(ident, sd["fusion_scale.weight"])
-            cheap = fuse_conv_bn(w, *bn_args(sd, "final_bn."), BN_EPS)
+            cheap = fuse_conv_bn(self._linear_kernel(sd), *bn_args(sd, "final_bn."), BN_EPS)
         return {**conv_state("primary_conv.0.", *fused_conv_bn(sd, "primary_conv.0.weight", "primary_conv.1."), dtype),
                 **conv_state("cheap_operation.0.", *cheap, dtype)}
 

@@ -119,15 +119,25 @@ class LinearAddBlock(_PlainDeployBlock):
             y = y + self.scale_identity(x)
         return self.bn(y)
 
-    def fuse_state_dict(self, sd: Mapping[str, torch.Tensor]) -> StateDict:
-        """``K = s_c·W3 + pad(s_1·W1) [+ s_id·Id]``; then ``fuse_conv_bn(K, bn)``."""
+    def _linear_kernel(self, sd: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``K = s_c·W3 + pad(s_1·W1) [+ s_id·Id]``: the one 3x3 kernel the linear-add branches stand for."""
         w3 = sd["conv.weight"]
         kernel = scale_kernel(w3, sd["scale_conv.weight"]) + pad_kernel(
             scale_kernel(sd["conv_1x1.weight"], sd["scale_1x1.weight"]), 3)
         if self.has_identity:
             ident = identity_kernel(self.in_channels, 1, 3, dtype=w3.dtype, device=w3.device)
             kernel = kernel + scale_kernel(ident, sd["scale_identity.weight"])
-        return conv_state("conv.", *fuse_conv_bn(kernel, *bn_args(sd, "bn."), BN_EPS), w3.dtype)
+        return kernel
+
+    @torch.no_grad()
+    def linear_kernel(self) -> torch.Tensor:
+        """The kernel a RepOpt target block trained with a RepOptimizer holds for this (train-form) block."""
+        return self._linear_kernel(self.state_dict())
+
+    def fuse_state_dict(self, sd: Mapping[str, torch.Tensor]) -> StateDict:
+        """The linear kernel (:meth:`linear_kernel`), then ``fuse_conv_bn(K, bn)``."""
+        kernel = self._linear_kernel(sd)
+        return conv_state("conv.", *fuse_conv_bn(kernel, *bn_args(sd, "bn."), BN_EPS), sd["conv.weight"].dtype)
 
 
 class RepOptRepVGGBlock(_PlainDeployBlock):
