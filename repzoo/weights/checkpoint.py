@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 import zipfile
 from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
@@ -224,11 +225,18 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.
     """Write a state dict as safetensors (``.safetensors``, with optional ``metadata``) or a plain
     ``torch.save`` file, atomically (:func:`repzoo.weights.files.atomic_path`)."""
     sd = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    with atomic_path(path, f"the weights {os.path.basename(os.fspath(path))}") as tmp:
+    what = f"the weights {os.path.basename(os.fspath(path))}"
+    with atomic_path(path, what) as tmp:
         if os.fspath(path).endswith(".safetensors"):
             from safetensors.torch import save_file
 
-            save_file(sd, str(tmp), metadata=metadata)
+            try:
+                save_file(sd, str(tmp), metadata=metadata)
+            except Exception as err:  # safetensors reports I/O errors as its own type, "... (os error 28)"
+                code = re.search(r"os error (\d+)", str(err))
+                if code is None:
+                    raise
+                raise OSError(int(code.group(1)), str(err)) from None
         else:
             torch.save(sd, tmp)
 
@@ -308,6 +316,8 @@ def load_checkpoint(model: nn.Module, source: PathOrStateDict, *, allow_head_res
                 "model: the branches it was fused from cannot be recovered. Build the model with deploy=True "
                 "to load it, or use the train-time checkpoint to fine-tune."
             )
+        if other == "neither" and deploy_model and _closer_to_train(model, sd):
+            other = "train"  # a damaged train checkpoint: diff it against the train form
         if other == "train" and deploy_model:
             train_sig = model_signature(model, False)
             drop = tuple(getattr(model, "train_only_prefixes", ()))
@@ -330,6 +340,12 @@ def load_checkpoint(model: nn.Module, source: PathOrStateDict, *, allow_head_res
         sd = {k: v.to(model_sd[k].dtype) for k, v in sd.items()}
     model.load_state_dict(sd, strict=not reset, assign=assign)
     return model
+
+
+def _closer_to_train(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``sd`` shares more keys with the train form of a deploy ``model`` than with its deploy form."""
+    keys = set(sd)
+    return len(keys & set(model_signature(model, False))) > len(keys & set(model_signature(model, True)))
 
 
 def _head_reset(model: nn.Module, sd, shapes, head: set, allowed: bool, missing, unexpected) -> set:

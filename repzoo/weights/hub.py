@@ -750,8 +750,8 @@ def _stream_once(session, url, params, part: pathlib.Path, label: str, job: _Fet
             while True:
                 if deadline is not None and time.monotonic() > deadline:
                     raise _Failed("gave up: the download took longer than REPZOO_DOWNLOAD_TIMEOUT")
-                try:
-                    chunk = response.raw.read(_CHUNK, decode_content=encoded)
+                try:  # read1: what has arrived, so that a drop or a stall loses nothing already received
+                    chunk = response.raw.read(_CHUNK, decode_content=True) if encoded else response.raw.read1(_CHUNK)
                 except (urllib3.exceptions.HTTPError, OSError) as err:
                     if encoded:
                         _clear_part(part)  # decoded bytes cannot be resumed by byte range

@@ -31,7 +31,8 @@ from ..registry import get_model_entry, name_alias
 from . import hub as _hub
 from .adapters import adapt_state_dict
 from .checkpoint import read_state_dict, save_state_dict, state_bytes, validate_file
-from .files import cache_dir, fingerprint, forget_known, forget_verified, known, matches_record, remember_verified
+from .files import (cache_dir, fingerprint, forget_known, forget_verified, known, matches_record, remember_verified,
+                    verified_sha256)
 from . import manifest
 from .manifest import FileRecord, WeightsRecord
 
@@ -278,7 +279,7 @@ def _load(name: str, tag: Optional[str], deploy: bool, progress: Optional[bool]
         return _read(path, rec, weights.name), None
     if not deploy:
         return _read(path, rec, weights.name), None
-    sha = _source_sha256(rec)  # recorded by the fetch at the latest
+    sha = _source_sha256(rec) or verified_sha256(path)  # recorded by the fetch, unless the cache is read-only
     target = deploy_cache_path(weights.name, weights.tag, sha)
     converted = _convert(weights.name, _read(path, rec, weights.name))
     written = _write_deploy(target, converted, name=weights.name, tag=weights.tag, source=rec, source_sha256=sha)
