@@ -63,3 +63,25 @@ def test_console_script_is_installed():
     cmd = [exe] if exe else [sys.executable, "-m", "repzoo.cli"]
     out = subprocess.run(cmd + ["list", "*A0"], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["RepVGG-A0"]
+
+
+def test_convert_takes_the_head_size_from_the_checkpoint(tmp_path, capsys):
+    """A Hyper-Search model has 100 classes: no option needed, the file says so."""
+    torch.manual_seed(0)
+    hs = randomize_bn(repzoo.create_model("RepOpt-VGG-B1-hs", num_classes=100)).eval()
+    train_path, out_path = tmp_path / "hs.pth", tmp_path / "hs_deploy.safetensors"
+    torch.save({"model": hs.state_dict(), "epoch": 239}, train_path)
+    assert main(["convert", "RepOpt-VGG-B1-hs", str(train_path), str(out_path)]) == 0
+    sd = repzoo.read_state_dict(out_path)
+    assert sd["linear.weight"].shape == (100, 2048) and "stage1.0.conv.bias" in sd
+    with pytest.warns(UserWarning, match="classifier was reset"):  # asked for another head: reset, and said so
+        assert main(["convert", "RepOpt-VGG-B1-hs", str(train_path), str(tmp_path / "x.pth"), "--num-classes", "10"]) == 0
+    assert repzoo.read_state_dict(tmp_path / "x.pth")["linear.weight"].shape == (10, 2048)
+
+
+def test_demo_of_a_repopt_model_shows_gr_equals_csla_on_the_released_scales(capsys, monkeypatch):
+    monkeypatch.setenv("REPZOO_OFFLINE", "1")  # the released scales ship with repzoo
+    assert main(["demo", "RepOpt-GhostNet-0.5x", "--image-size", "32", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "(equal)" in out and "RepOptimizer (target model) vs SGD (CSLA model of the released scales)" in out
+    assert "the same trajectory" in out and "step 3" in out

@@ -280,3 +280,25 @@ def test_repghostnet_timm_rehost_from_the_manifest(mirror, float64, name, tag, t
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert rel_diff(model(x), ref(x)) < 1e-10
+
+
+def test_warm_deploy_load_reads_no_source_and_works_with_the_mirror_gone(mirror, counters, monkeypatch):
+    """No manifest hash (the authors' files have none): the first use records it; later loads find the deploy
+    copy from the name, the tag and that record — without hashing anything, and without the mirror."""
+    import repzoo.weights.files as files
+
+    official_checkpoint(mirror / A0_FILE)
+    first = repzoo.create_model("RepVGG-A0", pretrained=True, deploy=True)
+    assert (counters["fetch"], counters["convert"]) == (1, 1)
+    hashed = []
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: hashed.append(p) or real(p))
+    second = repzoo.create_model("RepVGG-A0", pretrained=True, deploy=True)
+    assert hashed == [] and (counters["fetch"], counters["convert"]) == (1, 1)
+    for p in mirror.iterdir():
+        p.unlink()
+    mirror.rmdir()
+    third = repzoo.create_model("RepVGG-A0", pretrained=True, deploy=True)
+    assert hashed == [] and (counters["fetch"], counters["convert"]) == (1, 1)
+    for model in (second, third):
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in first.state_dict().items())
