@@ -124,6 +124,17 @@ def randomize_bn(model: nn.Module, generator: Optional[torch.Generator] = None) 
     return model
 
 
+def patch_manifest(monkeypatch, name="RepVGG-A0", file_index=0, **changes):
+    """Serve a copy of the packaged manifest with one file record of ``name`` changed (its sha256, size …)."""
+    from repzoo.weights import manifest
+
+    data = json.loads((REPO_ROOT / "repzoo" / "weights" / "weights_manifest.json").read_text(encoding="utf-8"))
+    data["models"][name]["weights"][0]["files"][file_index].update(changes)
+    fake = manifest.Manifest(data)
+    monkeypatch.setattr(manifest, "load_manifest", lambda: fake)
+    return fake
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small float64 convs: one intra-op thread is as fast, and far faster on a busy machine."""

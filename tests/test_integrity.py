@@ -26,12 +26,11 @@ from repzoo.errors import (CheckpointError, ChecksumError, IncompatibleCheckpoin
                            UnsafeCheckpointError, WeightsUnavailableError)
 from repzoo.weights import hub
 from repzoo.weights.checkpoint import validate_file
-from repzoo.weights.manifest import Manifest, Source
+from repzoo.weights.manifest import Source
 
-from conftest import REPO_ROOT, randomize_bn, rel_diff
+from conftest import patch_manifest, randomize_bn
 from httpserver import Response, Server, file_response
 
-PACKAGED = REPO_ROOT / "repzoo" / "weights" / "weights_manifest.json"
 A0_FILE = "RepVGG-A0-train.pth"
 DATA = random.Random(1).randbytes(200_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -165,13 +164,6 @@ def test_a_sampled_byte_is_caught_even_when_the_stat_record_claims_the_file(env)
     assert cache_listing(env) == []
 
 
-def _a0_manifest(monkeypatch, **changes):
-    data = json.loads(PACKAGED.read_text(encoding="utf-8"))
-    data["models"]["RepVGG-A0"]["weights"][0]["files"][0].update(changes)
-    fake = Manifest(data)
-    monkeypatch.setattr("repzoo.weights.manifest.load_manifest", lambda: fake)
-
-
 def test_a_changed_deploy_cache_file_is_rebuilt_not_used(env, mirror, a0_state, monkeypatch):
     import repzoo.reparam
 
@@ -193,7 +185,7 @@ def test_a_deploy_file_without_its_record_checks_its_own_hash(env, mirror, a0_st
     import repzoo.reparam
 
     torch.save({"model": a0_state}, mirror / A0_FILE)
-    _a0_manifest(monkeypatch, sha256=_sha((mirror / A0_FILE).read_bytes()))
+    patch_manifest(monkeypatch, sha256=_sha((mirror / A0_FILE).read_bytes()))
     repzoo.create_model("RepVGG-A0", pretrained=True, deploy=True)
     conversions = []
     real = repzoo.reparam.convert_state_dict

@@ -15,7 +15,7 @@ from repzoo.errors import (ChecksumError, IncompatibleCheckpointError, RepZooErr
                            WeightsUnavailableError)
 from repzoo.weights.manifest import Manifest
 
-from conftest import REPO_ROOT, randomize_bn, rel_diff
+from conftest import REPO_ROOT, patch_manifest, randomize_bn, rel_diff
 
 PACKAGED = REPO_ROOT / "repzoo" / "weights" / "weights_manifest.json"
 A0_FILE = "RepVGG-A0-train.pth"
@@ -40,15 +40,6 @@ def official_checkpoint(path, seed: int = 0) -> dict:
     cfg.DATA.IMG_SIZE = 224
     torch.save({"model": sd, "config": cfg, "epoch": 3}, path)
     return sd
-
-
-def patch_manifest(monkeypatch, name="RepVGG-A0", file_index=0, **changes) -> Manifest:
-    """Serve a copy of the packaged manifest with one file record changed (e.g. its sha256/size)."""
-    data = json.loads(PACKAGED.read_text(encoding="utf-8"))
-    data["models"][name]["weights"][0]["files"][file_index].update(changes)
-    fake = Manifest(data)
-    monkeypatch.setattr(repzoo.weights.manifest, "load_manifest", lambda: fake)
-    return fake
 
 
 @pytest.fixture

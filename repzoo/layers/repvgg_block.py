@@ -31,7 +31,6 @@ class RepVGGBlock(ReparamBlock):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride, self.groups = stride, groups
-        self.se_mode = se
         self.se_pre, self.se_post = se == "pre", se == "post"
         # Registration order is the state-dict order of the released files: SE first.
         if se == "pre":

@@ -32,6 +32,7 @@ from ..errors import RepZooError, StorageError
 
 __all__ = [
     "cache_dir",
+    "cache_subdir",
     "atomic_path",
     "sha256_file",
     "sample_hash",
@@ -97,7 +98,8 @@ def cache_dir(create: bool = True) -> pathlib.Path:
     return path
 
 
-def _subdir(name: str, create: bool) -> pathlib.Path:
+def cache_subdir(name: str, create: bool = True) -> pathlib.Path:
+    """``<cache>/<name>``, made when ``create`` (a :class:`StorageError` when it cannot be)."""
     path = cache_dir(create) / name
     if create:
         try:
@@ -217,7 +219,7 @@ def fingerprint(path: PathLike, sha256: Optional[str] = None) -> Fingerprint:
 
 def _stat_record(real: str, create: bool) -> pathlib.Path:
     key = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-    return _subdir("stat", create) / f"{key}.json"
+    return cache_subdir("stat", create) / f"{key}.json"
 
 
 def remember_verified(fp: Fingerprint) -> None:
@@ -296,7 +298,7 @@ class Known:
 
 
 def _known_path(file_name: str, create: bool) -> pathlib.Path:
-    return _subdir("known", create) / f"{check_file_name(file_name)}.json"
+    return cache_subdir("known", create) / f"{check_file_name(file_name)}.json"
 
 
 def known(file_name: str) -> Optional[Known]:

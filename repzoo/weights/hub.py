@@ -52,8 +52,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from ..errors import ChecksumError, RepZooError, StorageError, UnsafeCheckpointError, WeightsUnavailableError
 from ..version import __version__
 from . import gdrive
-from .files import (cache_dir, check_file_name, fingerprint, forget_known, forget_verified, known, remember_known,
-                    remember_verified, storage_error, umask, verified_sha256)
+from .files import (cache_dir, cache_subdir, check_file_name, fingerprint, forget_known, forget_verified, known,
+                    remember_known, remember_verified, storage_error, umask, verified_sha256)
 from .manifest import Source
 
 __all__ = [
@@ -154,13 +154,7 @@ def _check_sha(sha256: Optional[str]) -> Optional[str]:
 
 
 def _files_dir(create: bool = True) -> pathlib.Path:
-    path = cache_dir(create) / _FILES
-    if create:
-        try:
-            path.mkdir(exist_ok=True)
-        except OSError as err:
-            raise storage_error(err, path, "the cache folder") from None
-    return path
+    return cache_subdir(_FILES, create)
 
 
 def cache_path(file_name: str) -> pathlib.Path:

@@ -31,7 +31,7 @@ from ..registry import get_model_entry, name_alias
 from . import hub as _hub
 from .adapters import adapt_state_dict
 from .checkpoint import read_state_dict, save_state_dict, state_bytes, validate_file
-from .files import (cache_dir, fingerprint, forget_known, forget_verified, known, matches_record, remember_verified,
+from .files import (cache_subdir, fingerprint, forget_known, forget_verified, known, matches_record, remember_verified,
                     verified_sha256)
 from . import manifest
 from .manifest import FileRecord, WeightsRecord
@@ -57,10 +57,7 @@ _DEPLOY = "deploy"
 
 
 def deploy_cache_dir(create: bool = True) -> pathlib.Path:
-    path = cache_dir(create) / _DEPLOY
-    if create:
-        path.mkdir(exist_ok=True)
-    return path
+    return cache_subdir(_DEPLOY, create)
 
 
 def _conversion_version() -> int:
