@@ -41,8 +41,17 @@ __all__ = [
     "ChecksumError",
     "StorageError",
     "InvalidArgumentError",
+    "export",
     "__version__",
 ]
+
+
+def export(model, path, format: str = "onnx", **kwargs):
+    """Export ``model`` to ONNX, TorchScript or ``torch.export`` and check the file (see
+    :func:`repzoo.integrations.export.export`)."""
+    from .integrations.export import export as _export
+
+    return _export(model, path, format=format, **kwargs)
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""The ``repzoo`` command: list, info, convert, demo, download, cache, predict."""
+"""The ``repzoo`` command: list, info, convert, export, demo, download, cache, predict."""
 from __future__ import annotations
 
 import argparse
@@ -97,6 +97,30 @@ def _head_size(name: str, state) -> Optional[int]:
     if weight and weight[0] in state and state[weight[0]].dim() == 2:
         return int(state[weight[0]].shape[0])
     return None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import os
+
+    from .factory import create_model
+    from .integrations.export import FORMATS, export
+    from .registry import get_model_entry
+
+    if args.pretrained and args.checkpoint:
+        raise RepZooError("Pass --pretrained or --checkpoint, not both.")
+    name = get_model_entry(args.name).name
+    model = create_model(name, pretrained=args.pretrained, checkpoint_path=args.checkpoint, deploy=args.deploy,
+                         num_classes=args.num_classes)
+    output = args.output or f"{name}{'-deploy' if args.deploy else ''}{FORMATS[args.format]}"
+    size = None
+    if args.image_size:
+        size = (model.in_chans, args.image_size, args.image_size)
+    report = export(model, output, format=args.format, input_size=size, batch_size=args.batch_size)
+    print(report)
+    if args.deploy and report.conv_nodes is not None and report.conv_nodes != report.conv_layers:
+        os.remove(output)
+        raise RepZooError(f"the exported graph has {report.conv_nodes} convolutions for {report.conv_layers} layers")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -294,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier size (default: the checkpoint's own, e.g. 100 for a Hyper-Search model)")
     p.add_argument("--checkpoint-key", default=None, help="the wrapper to read (model_ema, state_dict_ema, …)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("export", help="export a model to ONNX, TorchScript or torch.export, checked before it is kept")
+    p.add_argument("name")
+    p.add_argument("--format", choices=["onnx", "torchscript", "exported"], default="onnx")
+    p.add_argument("--deploy", action="store_true", help="export the converted (plain) form")
+    p.add_argument("--checkpoint", default=None, help="weights to export (any supported format)")
+    p.add_argument("--pretrained", action="store_true", help="the released weights")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--output", default=None, help="default: <name>[-deploy].onnx / .pt / .pt2")
+    p.add_argument("--image-size", type=int, default=None, help="example input size (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="build, convert, verify and time a model (offline)")
     p.add_argument("name", nargs="?", default="RepVGG-A0")

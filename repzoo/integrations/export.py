@@ -1,0 +1,157 @@
+"""Export a model — ONNX, TorchScript or ``torch.export`` — and prove the file computes what the model does.
+
+    repzoo.export(model, "a0.onnx", format="onnx")        # or the CLI: repzoo export RepVGG-A0 --deploy
+
+Every file has a dynamic batch axis (and dynamic height and width where the family allows them).
+Before it is kept, the file is loaded back — ONNX with onnxruntime — and run on a batch of another
+size than the one it was exported with; the outputs must match PyTorch's to a relative error of
+``rtol`` (1e-5, fp32). The report counts the graph's convolutions against the model's: a deploy
+model's graph has one per conv layer and no BatchNorm, so no branch is left.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import RepZooError
+from ..reparam import is_deploy
+from ..weights.files import atomic_path
+
+__all__ = ["FORMATS", "ExportReport", "export"]
+
+#: format -> the file suffix it is written with by default.
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What was written and how it was checked."""
+
+    path: pathlib.Path
+    format: str
+    input_shape: tuple
+    checked_shapes: tuple
+    max_rel_error: float
+    conv_nodes: Optional[int]
+    conv_layers: int
+    norm_nodes: Optional[int]
+    deploy: bool
+
+    def __str__(self) -> str:
+        graph = (f"{self.conv_nodes} conv nodes for {self.conv_layers} conv layers, {self.norm_nodes} norm nodes"
+                 if self.conv_nodes is not None else f"{self.conv_layers} conv layers")
+        shapes = ", ".join("x".join(map(str, s)) for s in self.checked_shapes)
+        return (f"wrote {self.path} ({self.format}, {'deploy' if self.deploy else 'train-time'} form; {graph}); "
+                f"checked on inputs {shapes}: max relative error {self.max_rel_error:.1e}")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _needs(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RepZooError(f"Exporting needs {module}: pip install 'repzoo[{extra}]'") from None
+
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: pathlib.Path, dims: dict, opset: Optional[int]):
+    _needs("onnxscript", "export")
+    onnx = _needs("onnx", "export")
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"], output_names=["output"],
+                      dynamic_shapes={"x": dims}, opset_version=opset, verbose=False)
+    ort = _needs("onnxruntime", "export")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inp.numpy()})[0])
+
+    return run, ops.count("Conv"), sum(op in ("BatchNormalization", "InstanceNormalization") for op in ops)
+
+
+def _export_torchscript(model: nn.Module, x: torch.Tensor, path: pathlib.Path, dims: dict, opset):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        torch.jit.save(torch.jit.script(model), str(path))
+        loaded = torch.jit.load(str(path))
+    return loaded, None, None
+
+
+def _export_exported(model: nn.Module, x: torch.Tensor, path: pathlib.Path, dims: dict, opset):
+    program = torch.export.export(model, (x,), dynamic_shapes={"x": dims})
+    torch.export.save(program, str(path))
+    loaded = torch.export.load(str(path))
+    nodes = [str(n.target) for n in loaded.graph.nodes if n.op == "call_function"]
+    convs = sum("convolution" in t or "conv2d" in t for t in nodes)
+    norms = sum("batch_norm" in t for t in nodes)
+    return loaded.module(), convs, norms
+
+
+_EXPORTERS: dict = {"onnx": _export_onnx, "torchscript": _export_torchscript, "exported": _export_exported}
+
+
+def export(model: nn.Module, path: Union[str, os.PathLike], format: str = "onnx", *,
+           input_size: Optional[Sequence[int]] = None, batch_size: int = 2, dynamic_spatial: Optional[bool] = None,
+           rtol: float = 1e-5, opset: Optional[int] = None) -> ExportReport:
+    """Export ``model`` (eval mode, CPU, float32) to ``path`` and check the file before keeping it.
+
+    Args:
+        format: ``"onnx"``, ``"torchscript"`` or ``"exported"`` (``torch.export``'s ``.pt2``).
+        input_size: ``(C, H, W)`` of the example input (default: the model's ``pretrained_cfg``).
+        batch_size: the example batch; the check runs another size too (the batch axis is dynamic).
+        dynamic_spatial: dynamic height and width (default: what the model allows,
+            ``model.dynamic_spatial_export``, True for convolutional families).
+        rtol: the largest relative error allowed between the file's outputs and PyTorch's.
+    Raises:
+        RepZooError: an unknown format, a missing exporter package, or a file that does not compute
+            what the model does (nothing is kept then).
+    """
+    if format not in _EXPORTERS:
+        raise RepZooError(f"Unknown export format {format!r}: use one of {', '.join(_EXPORTERS)}.")
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise RepZooError(f"The output folder {path.parent} does not exist: create it first.")
+    model = model.eval().float().cpu()
+    size = tuple(input_size or getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    spatial = getattr(model, "dynamic_spatial_export", True) if dynamic_spatial is None else dynamic_spatial
+    dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if spatial:
+        dims.update({2: torch.export.Dim("height", min=64, max=4096), 3: torch.export.Dim("width", min=64, max=4096)})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *size, generator=g)
+    checks = [torch.randn(batch_size + 1, *size, generator=g)]
+    if spatial:
+        checks.append(torch.randn(1, size[0], size[1] + 32, size[2] + 64, generator=g))
+    with atomic_path(path, f"the exported model {path.name}") as tmp, torch.no_grad():
+        tmp_file = tmp.with_suffix(FORMATS[format])  # exporters look at the suffix
+        try:
+            run, conv_nodes, norm_nodes = _EXPORTERS[format](model, x, tmp_file, dims, opset)
+            worst = max(_rel(_out(run(c)), _out(model(c))) for c in [x] + checks)
+        finally:
+            if tmp_file.exists():
+                os.replace(tmp_file, tmp)
+        if not worst <= rtol:
+            raise RepZooError(f"The {format} export does not compute what the model does (max relative error "
+                              f"{worst:.2e} > {rtol:g}); nothing was kept. Please report it.")
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    return ExportReport(path, format, tuple(x.shape), tuple(tuple(c.shape) for c in [x] + checks), worst,
+                        conv_nodes, convs, norm_nodes, is_deploy(model))
+
+
+def _out(y) -> torch.Tensor:
+    """The tensor output of a model call (the first, for tuple outputs)."""
+    return y[0] if isinstance(y, (tuple, list)) else y
+
+

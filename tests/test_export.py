@@ -1,0 +1,79 @@
+"""Export: ONNX (checked with onnxruntime), TorchScript and torch.export files compute what the model does."""
+import pytest
+import torch
+
+import repzoo
+from repzoo.cli import main
+from repzoo.errors import RepZooError
+
+from conftest import randomize_bn
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def a0():
+    torch.manual_seed(0)
+    return randomize_bn(repzoo.create_model("RepVGG-A0", num_classes=10)).eval()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported"])
+def test_deploy_export_is_checked_and_has_no_branch_left(tmp_path, a0, fmt):
+    deploy = repzoo.reparameterize(repzoo.create_model("RepVGG-A0", num_classes=10, checkpoint_path=a0.state_dict()))
+    report = repzoo.export(deploy, tmp_path / f"a0.{fmt}", format=fmt, input_size=(3, 64, 64))
+    assert report.path.is_file() and report.deploy and report.max_rel_error <= 1e-5
+    assert report.checked_shapes == ((2, 3, 64, 64), (3, 3, 64, 64), (1, 3, 96, 128))  # batch and spatial dynamic
+    assert report.conv_layers == 22  # one conv per RepVGG-A0 block
+    if fmt != "torchscript":
+        assert report.conv_nodes == 22 and report.norm_nodes == 0
+    # the file, loaded independently of repzoo, gives the train-time model's outputs
+    x = torch.randn(4, 3, 80, 80)
+    with torch.no_grad():
+        ref = a0(x)
+        if fmt == "onnx":
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+        elif fmt == "torchscript":
+            got = torch.jit.load(str(report.path))(x)
+        else:
+            got = torch.export.load(str(report.path)).module()(x)
+    assert ((got - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_a_train_time_export_keeps_its_branches(tmp_path, a0):
+    report = repzoo.export(a0, tmp_path / "a0_train.onnx", input_size=(3, 64, 64))
+    assert not report.deploy and report.conv_nodes == 44 and report.norm_nodes == 17
+
+
+def test_export_command(tmp_path, a0, capsys):
+    ckpt = tmp_path / "a0.pth"
+    torch.save({"model": a0.state_dict()}, ckpt)
+    out = tmp_path / "a0.onnx"
+    assert main(["export", "RepGhostNet-0.5x", "--format", "onnx", "--deploy", "--image-size", "64",
+                 "--output", str(tmp_path / "ghost.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "conv nodes for" in text and "0 norm nodes" in text
+    assert main(["export", "RepVGG-A0", "--deploy", "--checkpoint", str(ckpt), "--num-classes", "10",
+                 "--image-size", "64", "--output", str(out)]) == 0
+    assert "22 conv nodes for 22 conv layers" in capsys.readouterr().out and out.is_file()
+    assert main(["export", "RepVGG-A0", "--output", str(tmp_path / "no" / "x.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unknown_format_and_a_wrong_file_are_refused(tmp_path, a0, monkeypatch):
+    with pytest.raises(RepZooError, match="Unknown export format"):
+        repzoo.export(a0, tmp_path / "x.bin", format="tflite")
+    import repzoo.integrations.export as ex
+
+    real = ex._EXPORTERS["torchscript"]
+
+    def off_by_a_bit(model, x, path, dims, opset):
+        run, c, n = real(model, x, path, dims, opset)
+        return (lambda inp: run(inp) * 1.001), c, n
+
+    monkeypatch.setitem(ex._EXPORTERS, "torchscript", off_by_a_bit)
+    with pytest.raises(RepZooError, match="does not compute what the model does"):
+        repzoo.export(a0, tmp_path / "bad.pt", format="torchscript", input_size=(3, 64, 64))
+    assert list(tmp_path.iterdir()) == []  # nothing kept
