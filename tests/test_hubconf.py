@@ -29,3 +29,24 @@ def test_torch_hub_load_passes_create_model_keywords_through():
     model = torch.hub.load(str(REPO_ROOT), "repvgg_b1g4", source="local", deploy=True, num_classes=10)
     assert model.deploy and model.num_classes == 10
     assert model.pretrained_cfg["architecture"] == "RepVGG-B1g4"
+
+
+def test_torch_hub_help_shows_the_docstring():
+    """torch.hub.help reads GitHub repositories only; it returns the entry's __doc__ as torch finds the entry."""
+    doc = torch.hub._load_entry_from_hubconf(_hubconf(), "repopt_vgg_b1_csla").__doc__
+    assert "RepOpt-VGG-B1-csla" in doc and "pretrained" in doc and "features_only" in doc
+
+
+def test_torch_hub_load_features_only_and_pretrained(tmp_path, monkeypatch):
+    feats = torch.hub.load(str(REPO_ROOT), "repghostnet_0_5x", source="local", features_only=True, out_indices=(1, 4))
+    assert feats.feature_info.reduction() == [4, 32]
+    torch.manual_seed(0)
+    ref = repzoo.create_model("RepVGG-A0").eval()
+    (tmp_path / "m").mkdir()
+    torch.save({"model": ref.state_dict()}, tmp_path / "m" / "RepVGG-A0-train.pth")
+    monkeypatch.setenv("REPZOO_MIRROR", str(tmp_path / "m"))
+    monkeypatch.setenv("REPZOO_OFFLINE", "1")
+    model = torch.hub.load(str(REPO_ROOT), "repvgg_a0", source="local", pretrained=True, deploy=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert ((model(x) - ref(x)).norm() / ref(x).norm()) < 1e-5
