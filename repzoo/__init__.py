@@ -55,9 +55,9 @@ def export(model, path, format: str = "onnx", **kwargs):
 
 
 def __getattr__(name: str):
-    """``repzoo.optim`` is imported on first use, so that ``import repzoo`` stays light."""
-    if name == "optim":
+    """``repzoo.optim`` and ``repzoo.distributed`` are imported on first use, so that ``import repzoo`` stays light."""
+    if name in ("optim", "distributed"):
         import importlib
 
-        return importlib.import_module(".optim", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

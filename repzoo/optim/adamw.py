@@ -38,6 +38,14 @@ class RepOptimizerAdamW(RepOptimizer):
 
     _late_defaults = {"amsgrad": False, "maximize": False}
 
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -47,15 +55,8 @@ class RepOptimizerAdamW(RepOptimizer):
         for group in self.param_groups:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             amsgrad = group["amsgrad"]
-            for (_, _, mapped), params in self._buckets(group).items():
+            for (_, _, mapped, _), params in self._buckets(group).items():
                 states = [self.state[p] for p in params]
-                for p, s in zip(params, states):
-                    if "step" not in s:  # lazy state (one allocation per parameter, first step only)
-                        s["step"] = torch.tensor(0.0, dtype=torch.float32)
-                        s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        if amsgrad:
-                            s["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 grads = [p.grad for p in params]
                 mults = [s["grad_mult"] for s in states] if mapped else None
                 if mapped:

@@ -1,4 +1,5 @@
-"""What the RepOptimizers share: multipliers kept in the optimizer state, and buckets for foreach ops."""
+"""What the RepOptimizers share: multipliers kept in the optimizer state (in each parameter's own layout —
+a DTensor for a parameter sharded by FSDP2), and buckets for foreach ops."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -7,9 +8,32 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["RepOptimizer"]
+__all__ = ["RepOptimizer", "like_param", "is_dtensor"]
 
 GradMults = Union[Mapping[torch.Tensor, torch.Tensor], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (a parameter sharded by FSDP2, say)."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "device_mesh")
+
+
+def like_param(full: torch.Tensor, p: torch.Tensor, src_data_rank: Optional[int] = None) -> torch.Tensor:
+    """``full`` (a tensor of ``p``'s global shape) in ``p``'s layout: a DTensor with ``p``'s mesh and
+    placements where ``p`` is one, else a copy with ``p``'s dtype, device and memory format.
+
+    For a DTensor, ``src_data_rank=None`` slices every rank's own ``full`` (they must be equal:
+    multipliers computed from the scales); ``0`` takes rank 0's (a random initialization).
+    """
+    if is_dtensor(p):
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if isinstance(full, DTensor):
+            full = full.full_tensor()
+        local = full.detach().to(device=p.to_local().device, dtype=p.dtype)
+        return distribute_tensor(local, p.device_mesh, p.placements, src_data_rank=src_data_rank)
+    # empty_like keeps the parameter's memory format (channels_last kernels stay channels_last)
+    return torch.empty_like(p, memory_format=torch.preserve_format).copy_(full.detach())
 
 
 class RepOptimizer(Optimizer):
@@ -41,6 +65,21 @@ class RepOptimizer(Optimizer):
         for group in self.param_groups:
             for key, value in self._late_defaults.items():
                 group.setdefault(key, value)
+        self._init_states()
+
+    # -- state, created eagerly -------------------------------------------------------------
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._init_states()
+
+    def _init_states(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p, self.state[p], group)
+
+    def _init_state(self, p: torch.Tensor, state: Dict[str, object], group: dict) -> None:
+        """Create ``p``'s state now rather than at its first step, so that a fresh optimizer holds every
+        key a checkpoint has (``torch.distributed.checkpoint`` loads into the keys it finds)."""
 
     # -- multipliers ---------------------------------------------------------------------
     def set_grad_mults(self, grad_mults: GradMults) -> None:
@@ -54,11 +93,15 @@ class RepOptimizer(Optimizer):
             if mult.shape != p.shape:
                 raise ValueError(f"a grad multiplier of shape {tuple(mult.shape)} for a parameter of shape "
                                  f"{tuple(p.shape)}")
-            # empty_like keeps the parameter's memory format (channels_last kernels stay channels_last)
-            self.state[p]["grad_mult"] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(mult.detach())
+            self.state[p]["grad_mult"] = like_param(mult, p)
 
     def grad_mult(self, p: torch.Tensor) -> Optional[torch.Tensor]:
         return self.state[p].get("grad_mult") if p in self.state else None
+
+    @staticmethod
+    def _stale(p: torch.Tensor, state: Dict[str, object]) -> bool:
+        return any(isinstance(v, torch.Tensor) and k != "step" and (v.device != p.device or v.dtype != p.dtype)
+                   for k, v in state.items())
 
     @staticmethod
     def _follow(p: torch.Tensor, state: Dict[str, object]) -> None:
@@ -70,7 +113,7 @@ class RepOptimizer(Optimizer):
                 state[key] = value.to(device=p.device, dtype=p.dtype)
 
     def _buckets(self, group: dict) -> Dict[tuple, List[torch.Tensor]]:
-        """The group's parameters that have a gradient, by (device, dtype, has-multiplier)."""
+        """The group's parameters that have a gradient, by (device, dtype, has-multiplier, is-DTensor)."""
         buckets: Dict[tuple, List[torch.Tensor]] = defaultdict(list)
         for p in group["params"]:
             if p.grad is None:
@@ -79,7 +122,7 @@ class RepOptimizer(Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             state = self.state[p]
             mult = state.get("grad_mult")
-            if mult is not None and (mult.device != p.device or mult.dtype != p.dtype):
+            if self._stale(p, state):
                 self._follow(p, state)
-            buckets[(p.device, p.dtype, mult is not None)].append(p)
+            buckets[(p.device, p.dtype, mult is not None, is_dtensor(p))].append(p)
         return buckets

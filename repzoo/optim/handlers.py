@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import IncompatibleCheckpointError, RepZooError
 from ..reparam.fuse import identity_kernel, pad_kernel, scale_kernel
+from .base import is_dtensor, like_param
 
 __all__ = [
     "ScaledKernel",
@@ -124,7 +125,9 @@ class RepOptHandler:
         """The Rule of Initialization is for training from scratch: every BN gamma must be 1."""
         for name, module in self.model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-                if not bool(torch.all(module.weight.detach() == 1)):
+                gamma = module.weight.detach()
+                gamma = gamma.full_tensor() if is_dtensor(gamma) else gamma
+                if not bool(torch.all(gamma == 1)):
                     raise RepZooError(
                         f"reinit=True re-initializes a model trained from scratch, but the BatchNorm {name!r} "
                         "has gammas other than 1 (a pretrained or trained model). Pass reinit=False to fine-tune "
@@ -133,12 +136,20 @@ class RepOptHandler:
 
     @torch.no_grad()
     def reinitialize(self, generator: Optional[torch.Generator] = None) -> None:
-        """Apply the Rule of Initialization to every kernel in place (see the subclass)."""
+        """Apply the Rule of Initialization to every kernel in place (see the subclass).
+
+        A sharded (FSDP2) kernel is initialized from its full tensor and re-sharded, rank 0's
+        random draw for every rank.
+        """
         self.check_fresh()
         for k in self.kernels:
-            k.param.copy_(self.initial_kernel(k, generator))
+            w = k.param.detach()
+            full = w.full_tensor() if is_dtensor(w) else w
+            k.param.copy_(like_param(self.initial_kernel(k, generator, full), k.param, src_data_rank=0))
 
-    def initial_kernel(self, k: ScaledKernel, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def initial_kernel(self, k: ScaledKernel, generator: Optional[torch.Generator] = None,
+                       weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The re-initialized kernel of ``k`` from its current ``weight`` (default ``k.param``, unsharded)."""
         raise NotImplementedError
 
     def sign_consistent(self) -> Dict[str, torch.Tensor]:
@@ -226,8 +237,8 @@ class RepOptVGGHandler(RepOptHandler):
             mult += identity_kernel(c_out, 1, 3, **dt)
         return mult
 
-    def initial_kernel(self, k, generator=None):
-        w = k.param.detach()
+    def initial_kernel(self, k, generator=None, weight=None):
+        w = k.param.detach() if weight is None else weight
         dt = dict(dtype=w.dtype, device=w.device)
         c_out, c_in = w.shape[:2]
         w1 = torch.empty(c_out, c_in, 1, 1, **dt)
@@ -281,8 +292,8 @@ class RepOptGhostNetHandler(RepOptHandler):
         mult = scale_kernel(torch.ones(c, 1, kh, kw, **dt), k.s_main.to(torch.float64).pow(self.power).to(**dt))
         return mult + identity_kernel(c, c, kh, **dt)
 
-    def initial_kernel(self, k, generator=None):
-        w = k.param.detach()
+    def initial_kernel(self, k, generator=None, weight=None):
+        w = k.param.detach() if weight is None else weight
         dt = dict(dtype=w.dtype, device=w.device)
         c, _, kh, _ = w.shape
         return scale_kernel(w, k.s_main.to(**dt)) + scale_kernel(identity_kernel(c, c, kh, **dt), k.s_identity.to(**dt))

@@ -46,6 +46,14 @@ class RepOptimizerSGD(RepOptimizer):
 
     _late_defaults = {"nesterov": False, "maximize": False, "fused": None}
 
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        if group["momentum"] == 0 or "step" in state:
+            return
+        started = "momentum_buffer" in state  # a state saved before steps were counted
+        if not started:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] = torch.tensor(1.0 if started else 0.0)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -53,56 +61,57 @@ class RepOptimizerSGD(RepOptimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
-            wd, nesterov = group["weight_decay"], group["nesterov"]
-            for (device, _, mapped), params in self._buckets(group).items():
-                grads = [p.grad for p in params]
-                if mu != 0 and _use_fused(group["fused"], device):
-                    states = [self.state[p] for p in params]
-                    bufs = [s.get("momentum_buffer") for s in states]
-                    first = all(b is None for b in bufs)
-                    if first or all(b is not None for b in bufs):
-                        if first:
-                            for s, p in zip(states, params):
-                                s["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
-                            bufs = [s["momentum_buffer"] for s in states]
-                        d = torch._foreach_mul(grads, [s["grad_mult"] for s in states]) if mapped else grads
-                        torch._fused_sgd_(params, d, bufs, weight_decay=wd, momentum=mu, lr=lr, dampening=damp,
-                                          nesterov=nesterov, maximize=group["maximize"], is_first_step=first)
-                        continue
-                # d is a fresh list of tensors when owned (safe to update in place), else aliases p.grad
-                if mapped:
-                    d = torch._foreach_mul(grads, [self.state[p]["grad_mult"] for p in params])
-                    if group["maximize"]:
-                        torch._foreach_neg_(d)
-                    owned = True
-                elif group["maximize"]:
-                    d, owned = torch._foreach_neg(grads), True
-                else:
-                    d, owned = grads, False
-                if wd != 0:
-                    if owned:
-                        torch._foreach_add_(d, params, alpha=wd)
-                    else:
-                        d, owned = torch._foreach_add(d, params, alpha=wd), True
-                if mu != 0:
-                    states = [self.state[p] for p in params]
-                    bufs = [s.get("momentum_buffer") for s in states]
-                    if any(b is None for b in bufs):
-                        for i, (s, b) in enumerate(zip(states, bufs)):
-                            if b is None:
-                                s["momentum_buffer"] = bufs[i] = torch.clone(d[i]).detach()
-                            else:
-                                b.mul_(mu).add_(d[i], alpha=1 - damp)
-                    else:
-                        torch._foreach_mul_(bufs, mu)
-                        torch._foreach_add_(bufs, d, alpha=1 - damp)
-                    if nesterov:
-                        if owned:
-                            torch._foreach_add_(d, bufs, alpha=mu)
-                        else:
-                            d = torch._foreach_add(d, bufs, alpha=mu)
-                    else:
-                        d = bufs
-                torch._foreach_add_(params, d, alpha=-lr)
+            for (device, _, mapped, sharded), params in self._buckets(group).items():
+                if group["momentum"] == 0:
+                    self._step(group, params, mapped, sharded, device, first=False)
+                    continue
+                first = [p for p in params if self.state[p]["step"] == 0]
+                later = [p for p in params if self.state[p]["step"] != 0]
+                for part, is_first in ((first, True), (later, False)):
+                    if part:
+                        self._step(group, part, mapped, sharded, device, first=is_first)
+                        torch._foreach_add_([self.state[p]["step"] for p in part], 1.0)
         return loss
+
+    def _step(self, group: dict, params: list, mapped: bool, sharded: bool, device: torch.device, first: bool) -> None:
+        """One update of ``params`` (one bucket: same device, dtype, multiplier presence, layout, first step or not)."""
+        lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
+        wd, nesterov = group["weight_decay"], group["nesterov"]
+        grads = [p.grad for p in params]
+        mults = [self.state[p]["grad_mult"] for p in params] if mapped else None
+        bufs = [self.state[p]["momentum_buffer"] for p in params] if mu != 0 else None
+        if mu != 0 and not sharded and _use_fused(group["fused"], device):
+            d = torch._foreach_mul(grads, mults) if mapped else grads
+            torch._fused_sgd_(params, d, bufs, weight_decay=wd, momentum=mu, lr=lr, dampening=damp,
+                              nesterov=nesterov, maximize=group["maximize"], is_first_step=first)
+            return
+        # d is a fresh list of tensors when owned (safe to update in place), else aliases p.grad
+        if mapped:
+            d = torch._foreach_mul(grads, mults)
+            if group["maximize"]:
+                torch._foreach_neg_(d)
+            owned = True
+        elif group["maximize"]:
+            d, owned = torch._foreach_neg(grads), True
+        else:
+            d, owned = grads, False
+        if wd != 0:
+            if owned:
+                torch._foreach_add_(d, params, alpha=wd)
+            else:
+                d, owned = torch._foreach_add(d, params, alpha=wd), True
+        if mu != 0:
+            if first:  # torch's SGD: the first buffer is d itself, undamped (once: a loop is fine)
+                for buf, x in zip(bufs, d):
+                    buf.copy_(x)
+            else:
+                torch._foreach_mul_(bufs, mu)
+                torch._foreach_add_(bufs, d, alpha=1 - damp)
+            if nesterov:
+                if owned:
+                    torch._foreach_add_(d, bufs, alpha=mu)
+                else:
+                    d = torch._foreach_add(d, bufs, alpha=mu)
+            else:
+                d = bufs
+        torch._foreach_add_(params, d, alpha=-lr)
