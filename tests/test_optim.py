@@ -453,6 +453,49 @@ def test_works_under_autocast(kind):
     assert w.dtype == torch.float32 and torch.isfinite(w).all() and not torch.equal(w, before)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_under_autocast_the_step_is_the_reference_rule_on_the_autocast_gradients(kind):
+    """bf16 autocast: the update is the rule applied to the (float32) gradients autocast produced."""
+    torch.manual_seed(0)
+    model = TinyTarget()
+    kw = dict(lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0) if kind == "sgd" else dict(lr=0.01, weight_decay=0.0)
+    opt = create_repoptimizer(model, tiny_scales(), kind, reinit=False, **kw)
+    x, y = _data(1)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    w = model.stage1[1].conv.weight
+    g, m, before = w.grad.clone(), opt.grad_mult(w), w.detach().clone()
+    assert g.dtype == torch.float32
+    opt.step()
+    if kind == "sgd":
+        expected = before - 0.01 * g * m
+    else:  # the first AdamW step: m̂ = g', v̂ = g'², step = lr · M ⊙ g' / (|g'| + eps)
+        gm = g * m
+        expected = before - 0.01 * (gm * m) / (gm.abs() + 1e-8)
+    assert torch.allclose(w, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_compile_of_the_model_gives_the_eager_trajectory(float64):
+    eager, compiled = TinyTarget(), TinyTarget()
+    compiled.load_state_dict(eager.state_dict())
+    start = {k: v.clone() for k, v in eager.state_dict().items()}
+    opts = [create_repoptimizer(m, tiny_scales(), reinit=False, lr=0.05, momentum=0.9) for m in (eager, compiled)]
+    data = [(x.double(), y) for x, y in _data(3)]
+    _train(eager, opts[0], data)
+    _train(torch.compile(compiled, backend="eager" if not _compiler() else "inductor"), opts[1], data)
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name
+    assert not torch.allclose(eager.stage1[1].conv.weight, start["stage1.1.conv.weight"])  # it trained
+
+
+def _compiler() -> bool:
+    import shutil
+
+    return shutil.which("c++") is not None or shutil.which("gcc") is not None
+
+
 # --------------------------------------------------------------------------- misc
 def test_clipping_arguments_warn():
     with pytest.warns(UserWarning, match="clipping breaks the equivalence"):

@@ -54,6 +54,19 @@ class RepOptimizerSGD(RepOptimizer):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["step"] = torch.tensor(1.0 if started else 0.0)
 
+    def _started(self) -> set:
+        """ids of the parameters past their first momentum step (read from the state once, then kept)."""
+        started = self.__dict__.get("_started_ids")
+        if started is None:
+            started = {id(p) for g in self.param_groups for p in g["params"]
+                       if "step" in self.state.get(p, {}) and float(self.state[p]["step"]) > 0}
+            self.__dict__["_started_ids"] = started
+        return started
+
+    def __setstate__(self, state):
+        self.__dict__.pop("_started_ids", None)  # a loaded state decides anew
+        super().__setstate__(state)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -65,12 +78,14 @@ class RepOptimizerSGD(RepOptimizer):
                 if group["momentum"] == 0:
                     self._step(group, params, mapped, sharded, device, first=False)
                     continue
-                first = [p for p in params if self.state[p]["step"] == 0]
-                later = [p for p in params if self.state[p]["step"] != 0]
+                started = self._started()
+                first = [p for p in params if id(p) not in started]
+                later = [p for p in params if id(p) in started]
                 for part, is_first in ((first, True), (later, False)):
                     if part:
                         self._step(group, part, mapped, sharded, device, first=is_first)
                         torch._foreach_add_([self.state[p]["step"] for p in part], 1.0)
+                        started.update(id(p) for p in part)
         return loss
 
     def _step(self, group: dict, params: list, mapped: bool, sharded: bool, device: torch.device, first: bool) -> None:
