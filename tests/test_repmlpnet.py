@@ -8,7 +8,6 @@ and mmpretrain's key names (§11).
 """
 import copy
 import importlib.util
-import math
 
 import pytest
 import torch
@@ -619,8 +618,8 @@ def test_mmpretrain_checkpoint_loads_and_computes_the_same(tmp_path, float64):
         assert torch.equal(repzoo.create_model(name, deploy=True, checkpoint_path=path).eval()(x), ref)
 
 
-def test_math_helpers_are_exported():
+def test_math_helpers_are_exported_and_each_variant_declares_its_input_multiple():
     import repzoo.reparam as reparam
 
     assert {"fuse_fc_bn", "conv_to_fc", "add_conv_to_fc_", "inject_locality_"} <= set(reparam.__all__)
-    assert math.isclose(meta_model("RepMLPNet-T224").input_multiple[0], 224)
+    assert all(meta_model(n).input_multiple == (NATIVE[n], NATIVE[n]) for n in NAMES)
