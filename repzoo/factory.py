@@ -116,8 +116,11 @@ def materialize(model: nn.Module, device: Union[str, torch.device] = "cpu") -> n
 def features(model: nn.Module, out_indices: Optional[Sequence[int]] = None) -> nn.Module:
     """Wrap ``model`` so that it returns the feature maps of the stages in ``out_indices``."""
     from timm.models import FeatureListNet
+    from timm.models._features import FeatureGetterNet
 
     indices = tuple(feature_indices(out_indices, len(model.feature_info)))
+    if getattr(model, "feature_cls", "list") == "getter":  # stages not registered in the order they run
+        return FeatureGetterNet(model, out_indices=indices)
     # Families whose stages sit one level down (GhostNet's ``blocks.N``) ask timm to flatten.
     flatten = getattr(model, "feature_flatten_sequential", False)
     return FeatureListNet(model, out_indices=indices, flatten_sequential=flatten)

@@ -1,4 +1,6 @@
 """The model contract (DESIGN.md): what timm users and the detection/segmentation necks rely on."""
+import math
+
 import pytest
 import torch
 
@@ -116,13 +118,26 @@ def _scales_kwargs(name):
     return {"scales": {k: torch.ones(m.weight.shape) for k, m in scale_keys(hs).items()}}
 
 
+def contract_input_size(model) -> tuple:
+    """64×96 (small and not square), or the smallest size of that shape the model takes: the least common
+    multiples with its ``input_multiple`` (RepMLPNet's partitions fix its input to multiples of 224 or 256)."""
+    return tuple(math.lcm(size, multiple) for size, multiple in zip((64, 96), model.input_multiple))
+
+
+def test_the_contract_input_is_64x96_unless_a_model_needs_multiples():
+    with torch.device("meta"):
+        assert contract_input_size(repzoo.create_model("RepVGG-A0")) == (64, 96)
+        assert contract_input_size(repzoo.create_model("RepMLPNet-T224")) == (448, 672)  # 2x3 partitions
+
+
 @pytest.mark.parametrize("name", repzoo.list_models())
 def test_every_registered_model_follows_the_contract(name):
     """Shapes only, on the meta device: cheap enough for every variant of every family."""
     kwargs = _scales_kwargs(name)
     with torch.device("meta"):
         model = repzoo.create_model(name, num_classes=11, **kwargs).eval()
-        x = torch.empty(2, 3, 64, 96)
+        height, width = contract_input_size(model)
+        x = torch.empty(2, 3, height, width)
         feats = model.forward_features(x)
         assert feats.shape[:2] == (2, model.num_features)
         # timm's convention: pre-logits have head_hidden_size where a head adds a layer (GhostNet)
@@ -138,6 +153,7 @@ def test_every_registered_model_follows_the_contract(name):
         stages = repzoo.create_model(name, features_only=True, **kwargs)
         outs = stages(x)
     assert [o.shape[1] for o in outs] == [i["num_chs"] for i in model.feature_info]
-    assert [64 // o.shape[-2] for o in outs] == [i["reduction"] for i in model.feature_info]
+    assert [height // o.shape[-2] for o in outs] == [i["reduction"] for i in model.feature_info]
+    assert [width // o.shape[-1] for o in outs] == [i["reduction"] for i in model.feature_info]
     assert {"input_size", "interpolation", "crop_pct", "mean", "std"} <= set(model.pretrained_cfg)
     assert model.pretrained_cfg["architecture"] == name

@@ -3,6 +3,7 @@ converted by :func:`repzoo.reparameterize`. Tensors in, tensors out: no files, n
 from .conv_bn import ConvBn
 from .ghost import ConvBnAct, RepGhostBottleneck, RepGhostModule, SqueezeExcite
 from .repopt import LinearAddBlock, RepOptRepVGGBlock, RepOptVGGBlock
+from .repmlp import GlobalPerceptron, PartitionFC, RepMLPBlock
 from .repvgg_block import RepVGGBlock
 from .scale import ScaleLayer
 from .se import SEBlock
@@ -19,4 +20,7 @@ __all__ = [
     "ConvBnAct",
     "RepGhostModule",
     "RepGhostBottleneck",
+    "GlobalPerceptron",
+    "PartitionFC",
+    "RepMLPBlock",
 ]

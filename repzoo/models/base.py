@@ -40,13 +40,19 @@ class RepClassifier(nn.Module):
     ``feature_info``, ``head_name`` (the attribute holding the final ``nn.Linear``) and
     ``drop_rate``, builds its head with :meth:`_make_head`, and implements ``forward_features``;
     it may set ``head_hidden_size`` (the width of the pre-logits, when the head adds a layer),
-    ``train_only_prefixes`` (state-dict prefixes of modules dropped at deploy) and override
-    :meth:`drop_train_only_modules`.
+    ``train_only_prefixes`` (state-dict prefixes of modules dropped at deploy), ``input_multiple``
+    and ``feature_cls`` (below), and override :meth:`drop_train_only_modules`.
     """
 
     head_name = "linear"
     train_only_prefixes: Tuple[str, ...] = ()
     grad_checkpointing = False
+    #: the input's height and width must be multiples of these (RepMLPNet: its native resolution)
+    input_multiple: Tuple[int, int] = (1, 1)
+    #: how ``create_model(features_only=True)`` wraps the model: ``"list"`` (timm's ``FeatureListNet``,
+    #: for models whose feature modules run in registration order) or ``"getter"`` (``FeatureGetterNet``,
+    #: through :meth:`forward_intermediates`)
+    feature_cls = "list"
     __jit_unused_properties__ = ["deploy", "default_cfg", "pre_logits_width"]
 
     @property

@@ -1,11 +1,12 @@
-"""Train-to-deploy conversion: the math (:mod:`.fuse`), state-dict helpers (:mod:`.state`), the block
-protocol (:mod:`.block`) and whole-tree conversion (:mod:`.tree`)."""
+"""Train-to-deploy conversion: the math (:mod:`.fuse`, and RepMLPNet's locality injection in :mod:`.mlp`),
+state-dict helpers (:mod:`.state`), the block protocol (:mod:`.block`) and whole-tree conversion (:mod:`.tree`)."""
 
 #: Bumped whenever a conversion's output changes; the deploy cache is keyed by it.
 CONVERSION_VERSION = 2  # 2: GhostNet's stem BN is folded into conv_stem
 
 from .block import ReparamBlock  # noqa: E402
 from .fuse import bn_scale_shift, fuse_bn, fuse_conv_bn, identity_kernel, pad_kernel, scale_kernel, sum_branches  # noqa: E402
+from .mlp import add_conv_to_fc_, conv_to_fc, fuse_fc_bn, inject_locality_  # noqa: E402
 from .state import BN_EPS, bn_args, conv_state, fused_bn, fused_conv_bn  # noqa: E402
 from .tree import (conv_bn_pairs, conversion_error, convert_state_dict, is_deploy, model_signature,  # noqa: E402
                    reparam_blocks, reparameterize)
@@ -32,4 +33,8 @@ __all__ = [
     "pad_kernel",
     "scale_kernel",
     "sum_branches",
+    "fuse_fc_bn",
+    "add_conv_to_fc_",
+    "conv_to_fc",
+    "inject_locality_",
 ]
