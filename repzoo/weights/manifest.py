@@ -103,10 +103,11 @@ class EvalConfig:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     source: Optional[str] = None
+    crop_mode: str = "center"
 
     def as_pretrained_cfg(self) -> Dict[str, Any]:
         return dict(input_size=self.input_size, crop_pct=self.crop_pct, interpolation=self.interpolation,
-                    mean=self.mean, std=self.std)
+                    mean=self.mean, std=self.std, crop_mode=self.crop_mode)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -187,7 +188,7 @@ _norm = normalize_name
 
 def _parse_eval(d: Mapping[str, Any]) -> EvalConfig:
     return EvalConfig(tuple(d["input_size"]), float(d["crop_pct"]), d["interpolation"], tuple(d["mean"]),
-                      tuple(d["std"]), d.get("source"))
+                      tuple(d["std"]), d.get("source"), d.get("crop_mode", "center"))
 
 
 def _parse_file(d: Mapping[str, Any]) -> FileRecord:
