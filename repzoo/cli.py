@@ -1,4 +1,4 @@
-"""The ``repzoo`` command: list, info, convert, export, demo, download, cache, predict."""
+"""The ``repzoo`` command: list, info, convert, export, bench, demo, download, cache, predict."""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +120,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.deploy and report.conv_nodes is not None and report.conv_nodes != report.conv_layers:
         os.remove(output)
         raise RepZooError(f"the exported graph has {report.conv_nodes} convolutions for {report.conv_layers} layers")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import markdown, plot, run_bench
+    from .catalog import list_models
+
+    names = [n for pattern in args.models.split(",") for n in (list_models(pattern) if any(c in pattern for c in "*?[")
+                                                             else [pattern])]
+    report = run_bench(names, device=args.device, batch_size=args.batch_size, image_size=args.image_size,
+                       bf16=args.bf16, channels_last=args.channels_last, threads=args.threads, repeats=args.repeats,
+                       train=not args.no_train, load=not args.no_load, progress=not args.quiet)
+    table = markdown(report)
+    print(table)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+    if args.plot:
+        print(f"plot: {plot(report, args.plot)}")
     return 0
 
 
@@ -330,6 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="example input size (default: the model's)")
     p.add_argument("--batch-size", type=int, default=2)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="measure inference, training, conversion and warm loads of models")
+    p.add_argument("--models", default="RepVGG-A0,RepVGG-B1,RepOpt-VGG-B1", help="comma-separated names or wildcards")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=None, help="default: each model's evaluation size")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 weights and inputs (autocast for training)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-train", action="store_true", help="skip the training-step measurements")
+    p.add_argument("--no-load", action="store_true", help="skip the warm pretrained-load measurements")
+    p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--markdown", default=None, help="write the table here")
+    p.add_argument("--plot", default=None, help="a PNG of released top-1 vs deploy images/s (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="build, convert, verify and time a model (offline)")
     p.add_argument("name", nargs="?", default="RepVGG-A0")

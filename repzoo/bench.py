@@ -1,0 +1,338 @@
+"""``repzoo bench``: what each model costs, measured in one run on this machine.
+
+For every model asked for:
+
+* inference images/s of the train-time form and of the deploy form (and their ratio);
+* the deploy form against timm's reparameterized twin where timm has one (``repvgg_*``,
+  ``repghostnet_*``);
+* a training step's images/s and peak memory: of the model as it is trained — a RepOpt target model
+  with its RepOptimizer, anything else with SGD — and, for the RepOpt-VGG models, of the RepVGG
+  form of the same architecture;
+* the time of converting the train-time form to the deploy form;
+* a warm ``create_model(name, pretrained=True, deploy=True)`` (its cache filled with generated weights
+  in the authors' format, nothing downloaded): time and peak RSS, in a fresh interpreter.
+
+Timings are medians of repetitions after warm-up. The report names the machine, and is written as JSON
+and a markdown table; ``--plot`` draws released top-1 (from the manifest) against measured deploy
+throughput, one colour per family (matplotlib, an optional extra).
+
+    repzoo bench --models RepVGG-A0,RepVGG-B1,RepOpt-VGG-B1 --device cpu
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["machine", "run_bench", "markdown", "plot"]
+
+#: repzoo name -> timm's name of the same architecture, where timm has its own (reparameterizable) twin
+TIMM_TWINS = {**{f"RepVGG-{v}": f"repvgg_{v.lower()}" for v in "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()},
+              **{f"RepGhostNet-{w}x": f"repghostnet_{round(float(w) * 100):03d}"
+                 for w in ("0.5", "0.58", "0.8", "1.0", "1.11", "1.3", "1.5", "2.0")}}
+
+
+def machine(device: str) -> Dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), device=device)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _median_time(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool) -> nn.Module:
+    model = model.to(device=device, dtype=dtype)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _inference(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> float:
+    model.eval()
+    with torch.inference_mode():
+        return x.shape[0] / _median_time(lambda: model(x), _sync(x.device), repeats, warmup)
+
+
+def _peak_train(name: str, args: Dict[str, Any]) -> Dict[str, float]:
+    """A training step's images/s and peak memory, in a fresh interpreter (CPU: peak RSS above what the model and
+    its optimizer hold before the first step: activations, gradients, optimizer state)."""
+    code = textwrap.dedent(
+        """
+        import json, resource, sys, time, statistics
+        import torch, repzoo
+        from repzoo.bench import train_step_fn
+        name, args = sys.argv[1], json.loads(sys.argv[2])
+        torch.set_num_threads(args["threads"])
+        device = torch.device(args["device"])
+        step, x = train_step_fn(name, args, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(device)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the model and its optimizer built
+        step(); step()
+        times = []
+        for _ in range(args["train_repeats"]):
+            t = time.perf_counter(); step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+        print(json.dumps(dict(images_per_s=x.shape[0] / statistics.median(times), peak_bytes=peak)))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code, name, json.dumps(args)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def train_step_fn(name: str, args: Dict[str, Any], device: torch.device):
+    """``(step, batch)``: one training step of ``name`` as it is trained (RepOpt target: its RepOptimizer)."""
+    import repzoo
+    from repzoo.registry import get_model_entry
+
+    entry = get_model_entry(name)
+    model = repzoo.create_model(name).to(device)
+    if args.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    if entry.config.get("mode") == "target" and entry.name in _released_scales():
+        from repzoo.optim import create_repoptimizer
+
+        opt = create_repoptimizer(model, entry.name, lr=1e-3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    size = args["image_size"] or model.pretrained_cfg["input_size"][1]
+    x = torch.randn(args["batch_size"], 3, size, size, device=device)
+    if args.get("channels_last"):
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, model.num_classes, (args["batch_size"],), device=device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.get("bf16") else contextlib.nullcontext()
+
+    def step():
+        with amp:
+            out = model(x)
+            out = out["main"] if isinstance(out, dict) else out
+            loss = torch.nn.functional.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, x
+
+
+def _released_scales() -> List[str]:
+    from repzoo.weights.manifest import load_manifest
+
+    return load_manifest().scale_names()
+
+
+def _warm_load(name: str, args: Dict[str, Any]) -> Optional[Dict[str, float]]:
+    """A warm pretrained deploy load in a fresh interpreter; None for a model without released weights."""
+    from repzoo.weights.manifest import load_manifest
+
+    tags = load_manifest().tags(name)
+    if not tags:
+        return None
+    code = textwrap.dedent(
+        """
+        import json, os, resource, sys, time
+        import torch, repzoo
+        from repzoo.weights.manifest import load_manifest
+        name, mirror, prepare = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+        if prepare:  # the authors' train file in the mirror, and its deploy copy in the cache
+            rec = load_manifest().weights(name).files[0]
+            torch.save({"model": repzoo.create_model(name).state_dict()}, os.path.join(mirror, rec.file_name))
+            repzoo.create_model(name, pretrained=True, deploy=True)
+            print("{}"); sys.exit()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        t = time.perf_counter()
+        model = repzoo.create_model(name, pretrained=True, deploy=True)
+        s = time.perf_counter() - t
+        checksum = sum(float(p.double().sum()) for p in model.parameters())  # read every weight
+        t_read = time.perf_counter() - t
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        print(json.dumps(dict(seconds=s, seconds_with_read=t_read, peak_rss_bytes=rss,
+                              weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))))
+        """
+    )
+    with tempfile.TemporaryDirectory(prefix="repzoo_bench_") as work:
+        mirror = os.path.join(work, "mirror")
+        os.mkdir(mirror)
+        env = dict(os.environ, REPZOO_HOME=os.path.join(work, "home"), REPZOO_MIRROR=mirror, REPZOO_OFFLINE="1",
+                   REPZOO_PROGRESS="0")
+        subprocess.run([sys.executable, "-c", code, name, mirror, "1"], env=env, check=True, capture_output=True)
+        runs = [json.loads(subprocess.run([sys.executable, "-c", code, name, mirror, "0"], env=env, check=True,
+                                          capture_output=True, text=True).stdout.strip().splitlines()[-1])
+                for _ in range(args["load_repeats"])]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _timm_twin(name: str, x: torch.Tensor, dtype, channels_last: bool, repeats: int, warmup: int) -> Optional[float]:
+    twin = TIMM_TWINS.get(name)
+    if twin is None:
+        return None
+    import timm
+    from timm.utils import reparameterize_model
+
+    model = reparameterize_model(timm.create_model(twin, pretrained=False).eval())
+    return _inference(_prepare(model, x.device, dtype, channels_last), x, repeats, warmup)
+
+
+def run_bench(models: Sequence[str], *, device: str = "cpu", batch_size: int = 8, image_size: Optional[int] = None,
+              bf16: bool = False, channels_last: bool = False, threads: Optional[int] = None, repeats: int = 5,
+              warmup: int = 2, train: bool = True, train_repeats: int = 3, load: bool = True, load_repeats: int = 3,
+              progress: bool = True) -> Dict[str, Any]:
+    """Measure ``models`` (see the module docstring); the report as a dict (``machine``, ``settings``, ``rows``)."""
+    import repzoo
+    from tqdm.auto import tqdm
+
+    from .catalog import count_params
+    from .registry import get_model_entry
+    from .weights.manifest import load_manifest
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    settings = dict(device=device, batch_size=batch_size, image_size=image_size, bf16=bf16, channels_last=channels_last,
+                    threads=torch.get_num_threads(), repeats=repeats, train_repeats=train_repeats)
+    names = [get_model_entry(n).name for n in models]
+    steps = sum(2 + train + load for _ in names)
+    rows = []
+    bar = tqdm(total=steps, desc="repzoo bench", disable=not progress, leave=False)
+    for name in names:
+        entry = get_model_entry(name)
+        bar.set_postfix_str(name)
+        torch.manual_seed(0)
+        model = _prepare(repzoo.create_model(name), dev, dtype, channels_last).eval()
+        size = image_size or model.pretrained_cfg["input_size"][1]
+        x = torch.randn(batch_size, 3, size, size, device=dev, dtype=dtype)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        row: Dict[str, Any] = dict(model=name, family=entry.family, image_size=size,
+                                   params_train=count_params(name, False), params_deploy=count_params(name, True))
+        row["train_form_images_per_s"] = _inference(model, x, repeats, warmup)
+        t = time.perf_counter()
+        repzoo.reparameterize(model)
+        _sync(dev)()
+        row["convert_seconds"] = time.perf_counter() - t
+        row["deploy_images_per_s"] = _inference(model, x, repeats, warmup)
+        row["deploy_speedup"] = row["deploy_images_per_s"] / row["train_form_images_per_s"]
+        bar.update(1)
+        twin = _timm_twin(name, x, dtype, channels_last, repeats, warmup)
+        if twin is not None:
+            row["timm_twin"] = TIMM_TWINS[name]
+            row["timm_deploy_images_per_s"] = twin
+            row["deploy_vs_timm"] = row["deploy_images_per_s"] / twin
+        bar.update(1)
+        del model
+        targs = dict(settings, image_size=size, train_repeats=train_repeats, load_repeats=load_repeats)
+        if train:
+            row["train_step"] = _peak_train(name, targs)
+            if entry.family == "RepOpt-VGG" and entry.config.get("mode") == "target":
+                row["train_step_repvgg_form"] = _peak_train(f"{name}-repvgg", targs)
+                row["train_vs_repvgg_form"] = (row["train_step"]["images_per_s"]
+                                               / row["train_step_repvgg_form"]["images_per_s"])
+            bar.update(1)
+        if load:
+            row["warm_pretrained_deploy_load"] = _warm_load(name, targs)
+            bar.update(1)
+        tags = load_manifest().tags(name)
+        row["top1"] = load_manifest().weights(name).top1 if tags else None
+        rows.append(row)
+    bar.close()
+    return dict(machine=machine(device), settings=settings, rows=rows)
+
+
+def _fmt(v: Optional[float], spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The report as markdown: the machine, then one table row per model."""
+    m, s = report["machine"], report["settings"]
+    lines = [f"Measured on {m['cpu']} ({m['cores']} cores, {s['threads']} threads"
+             + (f", {m['gpu']}" if m.get("gpu") else "") + f"), torch {m['torch']}, device {s['device']}, "
+             f"batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'}"
+             + (", channels_last" if s["channels_last"] else "") + "; medians.", "",
+             "| model | size | train form img/s | deploy img/s | deploy / train | deploy / timm twin | convert s "
+             "| train step img/s | train peak MiB | warm deploy load ms | top-1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        step = r.get("train_step") or {}
+        load = r.get("warm_pretrained_deploy_load") or {}
+        vs = r.get("train_vs_repvgg_form")
+        train_cell = _fmt(step.get("images_per_s")) + (f" ({vs:.2f}x RepVGG form)" if vs else "")
+        lines.append(
+            f"| {r['model']} | {r['image_size']} | {_fmt(r['train_form_images_per_s'])} | {_fmt(r['deploy_images_per_s'])} "
+            f"| {r['deploy_speedup']:.2f}x | {_fmt(r.get('deploy_vs_timm'), '.2f')}{'x' if r.get('deploy_vs_timm') else ''} "
+            f"| {r['convert_seconds']:.2f} | {train_cell} "
+            f"| {_fmt(step.get('peak_bytes') and step['peak_bytes'] / 2 ** 20, '.0f')} "
+            f"| {_fmt(load.get('seconds') and load['seconds'] * 1e3)} | {_fmt(r.get('top1'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def plot(report: Dict[str, Any], path: str) -> str:
+    """Released top-1 against measured deploy images/s, one colour per family, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import RepZooError
+
+        raise RepZooError("--plot needs matplotlib: pip install 'repzoo[plot]'") from None
+    rows = [r for r in report["rows"] if r.get("top1") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    families = sorted({r["family"] for r in rows})
+    for i, family in enumerate(families):
+        pts = [r for r in rows if r["family"] == family]
+        ax.scatter([r["deploy_images_per_s"] for r in pts], [r["top1"] for r in pts], label=family,
+                   color=plt.cm.tab10(i % 10), s=40)
+        for r in pts:
+            ax.annotate(r["model"], (r["deploy_images_per_s"], r["top1"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    m, s = report["machine"], report["settings"]
+    ax.set_xlabel(f"deploy images/s ({s['device']}, batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'})")
+    ax.set_ylabel("released ImageNet top-1 (%)")
+    ax.set_title(f"repzoo on {m.get('gpu') or m['cpu']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
