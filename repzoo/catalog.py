@@ -14,7 +14,7 @@ from .registry import get_model_entry, model_names, name_alias
 from .weights import manifest
 from .weights.pretrained import pretrained_cfg
 
-__all__ = ["list_models", "model_info", "count_params", "pretrained_tags"]
+__all__ = ["list_models", "model_info", "count_params", "count_macs", "pretrained_tags"]
 
 
 def pretrained_tags(name: str) -> List[str]:
@@ -40,6 +40,22 @@ def count_params(name: str, deploy: bool) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@functools.lru_cache(maxsize=None)
+def count_macs(name: str, deploy: bool = True, input_size: Optional[tuple] = None) -> int:
+    """Multiply-accumulates of one image through the model (what the papers call FLOPs) at its evaluation
+    size (or ``input_size``), counted by ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .weights.pretrained import pretrained_cfg
+
+    size = tuple(input_size or pretrained_cfg(name)["input_size"])
+    with torch.device("meta"):
+        model = get_model_entry(name).builder(deploy=deploy).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.empty(1, *size))
+    return counter.get_total_flops() // 2
+
+
 def model_info(name: str) -> Dict[str, Any]:
     """What a variant is: family, paper, config, parameters of both forms, eval config, tags."""
     entry = get_model_entry(name)
@@ -53,6 +69,7 @@ def model_info(name: str) -> Dict[str, Any]:
         "params_train": count_params(entry.name, False),
         "params_deploy": count_params(entry.name, True),
         "input_size": tuple(cfg["input_size"]),
+        "macs_deploy": count_macs(entry.name, True),
         "pretrained_cfg": cfg,
         "pretrained_tags": pretrained_tags(entry.name),
         "hub_entry": name_alias(entry.name),
