@@ -15,8 +15,52 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .catalog import list_models
 
     names = list_models(args.pattern, pretrained=args.pretrained)
-    print(model_table(names) if args.markdown else "\n".join(names))
+    if args.full:
+        print(full_model_table(names))
+    else:
+        print(model_table(names) if args.markdown else "\n".join(names))
     return 0
+
+
+def _sources(name: str) -> str:
+    """Where a model's released files come from, in words (for the docs' table)."""
+    import urllib.parse
+
+    from .weights.manifest import load_manifest
+
+    manifest = load_manifest()
+    if not manifest.tags(name):
+        return "-"
+    kinds = []
+    for rec in manifest.model(name).weights:
+        for f in rec.files:
+            for src in f.sources:
+                kinds.append({"hf": f"HF Hub ({src.location.split('/')[0]})", "gdrive": "Google Drive"}.get(
+                    src.kind, urllib.parse.urlsplit(src.location).hostname))
+            if not f.sources and f.manual:
+                kinds.append("by hand (" + " / ".join(sorted({m.site.split('-')[0] for m in f.manual})) + ")")
+    return ", ".join(dict.fromkeys(kinds))
+
+
+def full_model_table(names: List[str]) -> str:
+    """The docs' model table: family, parameters of both forms, multiply-accumulates at the evaluation size,
+    input size, released top-1 and where the weights come from."""
+    from .catalog import count_macs, count_params
+    from .registry import get_model_entry
+    from .weights.manifest import load_manifest
+    from .weights.pretrained import pretrained_cfg
+
+    manifest = load_manifest()
+    rows = ["| model | family | params (train) | params (deploy) | GMACs | input | top-1 | weights from |",
+            "|---|---|---:|---:|---:|---:|---:|---|"]
+    for name in names:
+        entry = get_model_entry(name)
+        top1 = manifest.weights(name).top1 if manifest.tags(name) else None
+        size = pretrained_cfg(name)["input_size"][1]
+        rows.append(f"| {name} | {entry.family} | {count_params(name, False) / 1e6:.2f}M | "
+                    f"{count_params(name, True) / 1e6:.2f}M | {count_macs(name) / 1e9:.2f} | {size} | "
+                    f"{'-' if top1 is None else f'{top1:.2f}'} | {_sources(name)} |")
+    return "\n".join(rows)
 
 
 def model_table(names: List[str]) -> str:
@@ -325,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", help="shell-style wildcard, e.g. 'RepVGG-B*'")
     p.add_argument("--pretrained", action="store_true", help="only models with released weights")
     p.add_argument("--markdown", action="store_true", help="a table with parameters and pretrained tags")
+    p.add_argument("--full", action="store_true", help="the docs' table: also MACs, input size, top-1, sources")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="what a model is")

@@ -567,3 +567,9 @@ def test_state_from_an_older_release_gets_the_late_defaults():
         del group["fused"], group["maximize"]
     opt.__setstate__(state)
     assert opt.param_groups[0]["fused"] is None and opt.param_groups[0]["maximize"] is False
+
+
+def test_save_scales_takes_a_trained_hs_model(tmp_path):
+    hs = repzoo.create_model("RepOpt-GhostNet-0.5x-hs", num_classes=10)
+    path = save_scales(hs, tmp_path / "scales.pth")
+    assert set(torch.load(path, weights_only=True)) == set(extract_scales(hs)) and len(extract_scales(hs)) == 64

@@ -111,8 +111,8 @@ def export(model: nn.Module, path: Union[str, os.PathLike], format: str = "onnx"
         format: ``"onnx"``, ``"torchscript"`` or ``"exported"`` (``torch.export``'s ``.pt2``).
         input_size: ``(C, H, W)`` of the example input (default: the model's ``pretrained_cfg``).
         batch_size: the example batch; the check runs another size too (the batch axis is dynamic).
-        dynamic_spatial: dynamic height and width (default: what the model allows,
-            ``model.dynamic_spatial_export``, True for convolutional families).
+        dynamic_spatial: dynamic height and width (default: what the model allows — every size for the
+            convolutional families, fixed for a model with an ``input_multiple``, RepMLPNet).
         rtol: the largest relative error allowed between the file's outputs and PyTorch's.
     Raises:
         RepZooError: an unknown format, a missing exporter package, or a file that does not compute
@@ -125,7 +125,9 @@ def export(model: nn.Module, path: Union[str, os.PathLike], format: str = "onnx"
         raise RepZooError(f"The output folder {path.parent} does not exist: create it first.")
     model = model.eval().float().cpu()
     size = tuple(input_size or getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
-    spatial = getattr(model, "dynamic_spatial_export", True) if dynamic_spatial is None else dynamic_spatial
+    if dynamic_spatial is None:  # a model that takes only multiples of its input size keeps it fixed
+        dynamic_spatial = tuple(getattr(model, "input_multiple", (1, 1))) == (1, 1)
+    spatial = dynamic_spatial
     dims = {0: torch.export.Dim("batch", min=1, max=1024)}
     if spatial:
         dims.update({2: torch.export.Dim("height", min=64, max=4096), 3: torch.export.Dim("width", min=64, max=4096)})

@@ -148,7 +148,7 @@ def save_scales(scales: Union[Mapping[str, torch.Tensor], nn.Module], path: Unio
     with :func:`load_scales` and with ``torch.load(path, weights_only=True)``.
     """
     data = extract_scales(scales) if isinstance(scales, nn.Module) else _select(scales, "the scale dict")
-    if len(data) != len(scales) and not isinstance(scales, nn.Module):
+    if not isinstance(scales, nn.Module) and len(data) != len(scales):
         extra = sorted(set(scales) - set(data))[:5]
         raise RepZooError(f"save_scales got non-scale entries {extra}; pass only the scales (see load_scales).")
     path = Path(path)
