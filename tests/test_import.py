@@ -2,7 +2,8 @@
 import subprocess
 import sys
 
-HEAVY = ["timm", "torchvision", "huggingface_hub", "safetensors", "requests", "tqdm", "filelock"]
+HEAVY = ["timm", "torchvision", "huggingface_hub", "safetensors", "requests", "tqdm", "filelock",
+         "mmengine", "mmcv", "mmdet", "mmseg"]
 
 
 def test_import_repzoo_imports_no_heavy_library():
