@@ -7,6 +7,7 @@ import torch
 import repzoo
 from repzoo.reparam import is_deploy
 
+from conftest import randomize_bn
 from openmmlab_helpers import (build, det_batch, flat_outputs, load_config, optim_wrapper, rel, require,
                                scope)
 
@@ -137,6 +138,7 @@ def test_deploy_detector_from_a_train_checkpoint(name, float64, tmp_path):
     cfg = _config(name)
     train = build(cfg, "mmdet")
     train.train_step(det_batch(seed=2), optim_wrapper(train, cfg))
+    randomize_bn(train.backbone)  # norm_eval kept the statistics at their init: give them trained ones
     train.eval()
     path = tmp_path / "detector.pth"
     torch.save({"meta": {"epoch": 1}, "state_dict": train.state_dict()}, path)
