@@ -123,4 +123,11 @@ def features(model: nn.Module, out_indices: Optional[Sequence[int]] = None) -> n
         return FeatureGetterNet(model, out_indices=indices)
     # Families whose stages sit one level down (GhostNet's ``blocks.N``) ask timm to flatten.
     flatten = getattr(model, "feature_flatten_sequential", False)
-    return FeatureListNet(model, out_indices=indices, flatten_sequential=flatten)
+    wrapper = FeatureListNet(model, out_indices=indices, flatten_sequential=flatten)
+    # The wrapper adopts the model's children, not the model: keep its declared conv-BN pairs
+    # (GhostNet's stem) so that ``reparameterize`` and the signatures still see them.
+    children = dict(wrapper.named_children())
+    pairs = tuple((c, b) for c, b in getattr(model, "conv_bn_pairs", ()) if c in children and b in children)
+    if pairs:
+        wrapper.conv_bn_pairs = pairs
+    return wrapper

@@ -63,6 +63,21 @@ def test_features_only_then_reparameterize_is_exact(float64):
         assert all(((a - b).norm() / b.norm()) < 1e-10 for a, b in zip(feats(x), ref))
 
 
+def test_features_only_keeps_the_declared_conv_bn_pairs(float64):
+    """GhostNet's stem (conv_stem → bn1) is folded in a features model too, and both ways of getting
+    the deploy features model give the same keys and the same features."""
+    torch.manual_seed(0)
+    feats = repzoo.create_model("RepGhostNet-0.5x", features_only=True, out_indices=(1, 4)).eval()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        ref = feats(x)
+        repzoo.reparameterize(feats)
+        assert isinstance(feats.bn1, torch.nn.Identity) and feats.conv_stem.bias is not None
+        assert all(((a - b).norm() / b.norm()) < 1e-10 for a, b in zip(feats(x), ref))
+    built = repzoo.create_model("RepGhostNet-0.5x", features_only=True, out_indices=(1, 4), deploy=True)
+    assert set(built.state_dict()) == set(feats.state_dict())
+
+
 def test_reset_classifier():
     model = repzoo.create_model("RepVGGplus-L2pse", num_classes=5)
     model.reset_classifier(3)

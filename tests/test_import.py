@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 HEAVY = ["timm", "torchvision", "huggingface_hub", "safetensors", "requests", "tqdm", "filelock", "onnx",
-         "onnxruntime", "onnxscript"]
+         "onnxruntime", "onnxscript", "mmengine", "mmcv", "mmdet", "mmseg"]
 
 
 def test_import_repzoo_imports_no_heavy_library():

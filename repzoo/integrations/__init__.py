@@ -1,2 +1,12 @@
-"""Integrations with other libraries, each imported on demand (never by ``import repzoo``):
-``repzoo.integrations.timm``, ``repzoo.integrations.export``."""
+"""Integrations with other libraries; nothing here is imported by ``import repzoo``.
+
+* :mod:`repzoo.integrations.timm` — repzoo models in timm's registry (``repzoo_`` prefix);
+* :mod:`repzoo.integrations.export` — ONNX / TorchScript / ``torch.export`` of deploy models, checked;
+* :mod:`repzoo.integrations.mmdet` — registers ``RepZooBackbone`` in mmdetection's ``MODELS``;
+* :mod:`repzoo.integrations.mmseg` — the same for mmsegmentation;
+* :mod:`repzoo.integrations.openmmlab` — the backbone itself (independent of which registry),
+  :func:`~repzoo.integrations.openmmlab.stage_channels` for a neck's ``in_channels``, and the
+  mmcv-lite compatibility layer.
+
+In an OpenMMLab config: ``custom_imports = dict(imports=["repzoo.integrations.mmdet"])`` (or ``...mmseg``).
+"""
