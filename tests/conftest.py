@@ -98,6 +98,35 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+def run_example(code: str, filename: str, namespace: Optional[dict] = None) -> dict:
+    """Run a documentation example, checking its claims: a top-level ``print(...)  # text`` must print what
+    ``text`` starts with (``# 22 0: one conv per layer`` is met by ``22 0``); a claim with ``...`` elides the
+    output and is not checked."""
+    import ast
+    import tokenize
+
+    comments = {tok.start[0]: tok.string[1:].strip()
+                for tok in tokenize.generate_tokens(io.StringIO(code).readline) if tok.type == tokenize.COMMENT}
+    tree = ast.parse(code, filename)
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print"
+                and "..." not in comments.get(node.end_lineno, "...")):
+            call.func = ast.Name("__print_and_check__", ast.Load())
+            call.keywords.append(ast.keyword("claim", ast.Constant(comments[node.end_lineno])))
+    ast.fix_missing_locations(tree)
+
+    def print_and_check(*args, claim: str, **kwargs):
+        printed = " ".join(map(str, args))
+        print(printed, **kwargs)
+        assert claim.startswith(printed), f"{filename}: prints {printed!r}, its comment says {claim!r}"
+
+    namespace = {} if namespace is None else namespace
+    namespace["__print_and_check__"] = print_and_check
+    exec(compile(tree, filename, "exec"), namespace)
+    return namespace
+
+
 def meta_model(name: str, **kwargs):
     """A model built on the ``meta`` device: shapes and counts without memory or initialization."""
     import repzoo

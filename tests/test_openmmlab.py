@@ -12,7 +12,7 @@ import torch
 import repzoo
 from repzoo.errors import IncompatibleCheckpointError, InvalidArgumentError
 
-from conftest import REPO_ROOT, randomize_bn
+from conftest import REPO_ROOT, randomize_bn, run_example
 from openmmlab_helpers import rel, require
 
 require("mmengine")
@@ -308,7 +308,7 @@ def test_doc_example_runs(index, library, monkeypatch, capsys):
     saved = dict(DefaultScope._instance_dict)
     try:
         torch.manual_seed(0)
-        exec(compile(_doc_blocks()[index], f"{DOC.name} block {index}", "exec"), {})
+        run_example(_doc_blocks()[index], f"{DOC.name} block {index}")
     finally:
         DefaultScope._instance_dict.clear()
         DefaultScope._instance_dict.update(saved)

@@ -6,7 +6,7 @@ import pytest
 import repzoo
 from repzoo.cli import model_table
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_example
 
 README = (REPO_ROOT / "README.md").read_text()
 NOT_RUN = "<!-- not run: needs the network -->"
@@ -23,8 +23,9 @@ def test_only_the_network_example_is_not_run():
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks()[0])))
-def test_readme_example_runs(index, capsys):
-    exec(compile(python_blocks()[0][index], f"README.md block {index}", "exec"), {})
+def test_readme_example_runs(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an example may write a file (the export)
+    run_example(python_blocks()[0][index], f"README.md block {index}")
 
 
 def test_readme_model_table_is_the_registry():
