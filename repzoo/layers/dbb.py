@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..reparam import (BN_EPS, ReparamBlock, average_kernel, bn_args, compose_1x1_kxk, conv_state, fuse_conv_bn,
-                       fused_conv_bn, identity_kernel, sum_branches)
+from ..reparam import (BN_EPS, ReparamBlock, average_kernel, average_pattern, bn_args, bn_scale_shift, compose_1x1_kxk,
+                       conv_state, fuse_conv_bn, fused_conv_bn, identity_kernel, pattern_kernel, scale_kernel,
+                       sum_branches)
 from .conv_bn import ConvBn
 
 __all__ = ["DiverseBranchBlock", "BNAndPad", "IdentityBasedConv1x1"]
@@ -158,7 +159,8 @@ class DiverseBranchBlock(ReparamBlock):
 
             origin, 1x1:   fused_conv_bn (the 1x1 padded to k×k)
             1x1 → k×k:     compose_1x1_kxk(fuse(idconv1 + Id, bn1), fuse(conv2, bn2))
-            1x1 → avg:     compose_1x1_kxk(fuse(conv, bn), fuse(average_kernel, avgbn))
+            1x1 → avg:     fuse(conv, bn) = (a1, d1), then the pool and avgbn (t, s) per channel:
+                           K = t·a1 ⊗ avg, b = s + t·d1  (= compose_1x1_kxk with fuse(average_kernel, avgbn))
                            (depthwise: fuse(average_kernel, avgbn) alone)
         """
         k, g = self.kernel_size, self.groups
@@ -174,11 +176,14 @@ class DiverseBranchBlock(ReparamBlock):
         f1, c1 = fuse_conv_bn(first, *bn_args(sd, "dbb_1x1_kxk.bn1.bn."), BN_EPS)
         f2, c2 = fused_conv_bn(sd, "dbb_1x1_kxk.conv2.weight", "dbb_1x1_kxk.bn2.")
         branches.append(compose_1x1_kxk(f1, f2, g, c1, c2))
-        avg = average_kernel(self.out_channels, g, k, dtype=f2.dtype, device=f2.device)
-        a2, d2 = fuse_conv_bn(avg, *bn_args(sd, "dbb_avg.avgbn."), BN_EPS)
         if self.has_1x1:
+            # compose_1x1_kxk(a1, fuse(average_kernel, avgbn)) without the zeros of the averaging kernel:
+            # K[o, i] = t[o]·a1[o, i]·avg, b[o] = s[o] + t[o]·d1[o] (average pooling is per channel)
             a1, d1 = fused_conv_bn(sd, "dbb_avg.conv.weight", "dbb_avg.bn.bn.")
-            branches.append(compose_1x1_kxk(a1, a2, g, d1, d2))
+            t, s = bn_scale_shift(*bn_args(sd, "dbb_avg.avgbn."), BN_EPS)
+            avg = average_pattern(k, dtype=a1.dtype, device=a1.device)
+            branches.append((pattern_kernel(scale_kernel(a1, t), avg), s + t * d1))
         else:
-            branches.append((a2, d2))
+            avg = average_kernel(self.out_channels, g, k, dtype=f2.dtype, device=f2.device)
+            branches.append(fuse_conv_bn(avg, *bn_args(sd, "dbb_avg.avgbn."), BN_EPS))
         return conv_state("dbb_reparam.", *sum_branches(branches, k), dtype)

@@ -125,8 +125,8 @@ def orepa_kernel(t: Tensors, groups: int, kernel_size: int) -> torch.Tensor:
         (pattern_kernel(scale_kernel(t["weight_orepa_pfir_conv"], v[2]), t["weight_orepa_prior"]), None),
         (compose_1x1_kxk(first, scale_kernel(t["weight_orepa_1x1_kxk_conv2"], v[3]), groups), None),
         (scale_kernel(t["weight_orepa_1x1"], v[4]), None),
-        (dw_pw_kernel(t["weight_orepa_gconv_dw"], scale_kernel(t["weight_orepa_gconv_pw"], v[5]), groups,
-                      GCONV_MULTIPLIER), None),
+        (dw_pw_kernel(t["weight_orepa_gconv_dw"], t["weight_orepa_gconv_pw"], groups, GCONV_MULTIPLIER,
+                      scale=v[5]), None),
     ], kernel_size)
 
 
@@ -431,7 +431,7 @@ def orepa_vgg_kernel(t: Tensors) -> torch.Tensor:
         (pattern_kernel(scale_kernel(t["weight_rbr_avg_conv"], v[1]), t["weight_rbr_avg_avg"]), None),
         (pattern_kernel(scale_kernel(t["weight_rbr_pfir_conv"], v[2]), t["weight_rbr_prior"]), None),
         (compose_1x1_kxk(first, scale_kernel(t["weight_rbr_1x1_kxk_conv2"], v[3])), None),
-        (dw_pw_kernel(t["weight_rbr_gconv_dw"], scale_kernel(t["weight_rbr_gconv_pw"], v[4]), 1, GCONV_MULTIPLIER), None),
+        (dw_pw_kernel(t["weight_rbr_gconv_dw"], t["weight_rbr_gconv_pw"], 1, GCONV_MULTIPLIER, scale=v[4]), None),
     ], k)
 
 

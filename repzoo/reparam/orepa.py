@@ -97,30 +97,48 @@ def compose_1x1_kxk(first: Tensor, second: Tensor, groups: int = 1, first_bias: 
     """
     t_all, in_per_group = first.shape[0], first.shape[1]
     out, t_per_group, kh, kw = second.shape
-    f = first.reshape(groups, t_all // groups, in_per_group)
-    s = second.reshape(groups, out // groups, t_per_group, kh, kw)
-    kernel = torch.einsum("gti,gothw->goihw", f, s).reshape(out, in_per_group, kh, kw)
+    first = first.to(second.dtype)
+    if groups == 1:
+        kernel = _compose_dense(first.reshape(t_all, in_per_group), second)
+    else:
+        f = first.reshape(groups, t_per_group, in_per_group)
+        s = second.reshape(groups, out // groups, t_per_group, kh, kw)
+        kernel = torch.einsum("gti,gothw->goihw", f, s).reshape(out, in_per_group, kh, kw)
     if first_bias is None and second_bias is None:
         return kernel
     bias = torch.zeros(out, dtype=kernel.dtype, device=kernel.device)
     if first_bias is not None:
         b1 = first_bias.to(kernel.dtype).reshape(groups, 1, t_per_group, 1, 1)
+        s = second.reshape(groups, out // groups, t_per_group, kh, kw)
         bias = bias + (s * b1).sum(dim=(2, 3, 4)).reshape(out)
     if second_bias is not None:
         bias = bias + second_bias.to(kernel.dtype)
     return kernel, bias
 
 
-def dw_pw_kernel(dw: Tensor, pw: Tensor, groups: int = 1, multiplier: int = 8, interleaved: bool = True) -> Tensor:
+def _compose_dense(first: Tensor, second: Tensor) -> Tensor:
+    """``K[o, i] = Σ_t second[o, t] · first[t, i]`` for ``first`` (T, I): the kernel ``second`` read as a batch
+    of ``out`` T-channel k×k images through the 1x1 conv ``firstᵀ`` (one fast conv in float32/bf16,
+    forward and backward); float64 on the CPU, which has no fast conv, as one matrix product."""
+    t, i = first.shape
+    out, _, kh, kw = second.shape
+    if second.dtype == torch.float64 and second.device.type == "cpu":
+        product = second.permute(0, 2, 3, 1).reshape(out * kh * kw, t) @ first
+        return product.reshape(out, kh, kw, i).permute(0, 3, 1, 2).contiguous()
+    return F.conv2d(second, first.t().reshape(i, t, 1, 1))
+
+
+def dw_pw_kernel(dw: Tensor, pw: Tensor, groups: int = 1, multiplier: int = 8, interleaved: bool = True,
+                 scale: Optional[Tensor] = None) -> Tensor:
     """A depthwise k×k conv with ``m = multiplier`` filters per input channel (``dw``: (m·in, 1, k, k)),
     then a grouped pointwise conv (``pw``: (out, m·I, 1, 1), ``I = in/g``), as one kernel (out, I, k, k)::
 
-        K[c·(out/g) + a, j, h, w] = Σ_{t<m} dw[(c·I + j)·m + t, 0, h, w] · pw[r(c, a), j·m + t]
+        K[c·(out/g) + a, j, h, w] = s[c·(out/g) + a] · Σ_{t<m} dw[(c·I + j)·m + t, 0, h, w] · pw[r(c, a), j·m + t]
 
-    for group ``c < g``, ``a < out/g``, ``j < I``. OREPA reads the pointwise rows in the
-    interleaved order ``r(c, a) = a·g + c`` (it reshapes ``pw`` as (out/g, g, I, m));
-    ``interleaved=False`` reads them naturally, ``r(c, a) = c·(out/g) + a``. For ``g = 1`` both
-    are ``K[a, j] = Σ_t dw[j·m + t] · pw[a, j·m + t]``.
+    for group ``c < g``, ``a < out/g``, ``j < I``, with ``s = scale`` (per output channel; default 1).
+    OREPA reads the pointwise rows in the interleaved order ``r(c, a) = a·g + c`` (it reshapes ``pw``
+    as (out/g, g, I, m)); ``interleaved=False`` reads them naturally, ``r(c, a) = c·(out/g) + a``.
+    For ``g = 1`` both are ``K[a, j] = s[a] · Σ_t dw[j·m + t] · pw[a, j·m + t]``.
     """
     out, per_group = pw.shape[0], pw.shape[1]
     in_per_group = per_group // multiplier
@@ -130,22 +148,28 @@ def dw_pw_kernel(dw: Tensor, pw: Tensor, groups: int = 1, multiplier: int = 8, i
         p = pw.reshape(out // groups, groups, in_per_group, multiplier).transpose(0, 1)
     else:
         p = pw.reshape(groups, out // groups, in_per_group, multiplier)
+    if scale is not None:
+        p = p * scale.to(p.dtype).reshape(groups, out // groups, 1, 1)
     return torch.einsum("cjthw,cajt->cajhw", d, p.to(d.dtype)).reshape(out, in_per_group, kh, kw)
 
 
 def scaled_sum(terms: Iterable[Tuple[Tensor, Optional[Tensor]]], kernel_size: int) -> Tensor:
-    """``K = Σ_r s_r[o] · pad(K_r)``: kernels scaled per output channel (``s_r`` may be ``None``: 1) and
-    summed, smaller (centred) kernels added at the centre of the ``kernel_size`` result."""
+    """``K = Σ_r s_r[o] · pad(K_r)``: kernels scaled per output channel (``s_r`` may be ``None``: 1),
+    smaller (centred) ones zero-padded to ``kernel_size``, and summed. No input is modified."""
     total: Optional[Tensor] = None
     for kernel, scale in terms:
         if scale is not None:
-            kernel = kernel * scale.to(kernel.dtype).reshape(-1, 1, 1, 1)
-        if kernel.shape[-1] != kernel_size or kernel.shape[-2] != kernel_size:
+            kernel = _scaled(kernel, scale)
+        if kernel.shape[-2:] != (kernel_size, kernel_size):
             kernel = pad_kernel(kernel, kernel_size)
-        total = kernel if total is None else total + kernel
+        total = kernel if total is None else total + kernel.to(total.dtype)
     if total is None:
         raise ValueError("scaled_sum needs at least one term")
     return total
+
+
+def _scaled(kernel: Tensor, scale: Tensor) -> Tensor:
+    return kernel * scale.to(kernel.dtype).reshape(-1, 1, 1, 1)
 
 
 def chain_kernels(kernels: Sequence[Tensor], groups: int = 1) -> Tensor:
