@@ -225,6 +225,7 @@ def test_block_type_is_a_constructor_argument():
         OREPAResNet(block_type="RepVGG")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_features_only_and_torchscript_of_a_deploy_model():
     torch.manual_seed(0)
     feats = repzoo.create_model("OREPA-ResNet-18", features_only=True, out_indices=(0, 3)).eval()

@@ -66,7 +66,8 @@ def orepa_branches(t, xp, k, groups, prefix="weight_orepa_", one_by_one=True, ro
     y = per_channel(v[r_origin], F.conv2d(xp, t[prefix + "origin"], groups=g))
     y = y + per_channel(v[r_avg], depthwise(F.conv2d(xp, t[prefix + "avg_conv"], groups=g), t[prefix + "avg_avg"]))
     y = y + per_channel(v[r_prior], depthwise(F.conv2d(xp, t[prefix + "pfir_conv"], groups=g), t[prefix + "prior"]))
-    first = (t[prefix + "1x1_kxk_idconv1"] + t["id_tensor"]) if prefix + "1x1_kxk_idconv1" in t else t[prefix + "1x1_kxk_conv1"]
+    idconv = prefix + "1x1_kxk_idconv1"
+    first = t[idconv] + t["id_tensor"] if idconv in t else t[prefix + "1x1_kxk_conv1"]
     y = y + per_channel(v[r_kxk], F.conv2d(F.conv2d(xp, first, groups=g), t[prefix + "1x1_kxk_conv2"], groups=g))
     if one_by_one:
         y = y + per_channel(v[r_1x1], crop(F.conv2d(xp, t[prefix + "1x1"], groups=g), k // 2))
@@ -201,6 +202,34 @@ def test_constant_buffers_are_the_reference_constants_in_the_layer_dtype():
     assert average_kernel(4, 2, 3, dtype=torch.float64)[3, 1, 0, 2].item() == 1 / 9
 
 
+def test_a_meta_built_layer_materializes_with_the_reference_constants_and_init():
+    from repzoo.factory import materialize
+
+    def layers():
+        return nn.Sequential(OREPA(8, 16, 3, groups=8), OREPA1x1(8, 16), OREPALargeConv(3, 8, 7),
+                             OREPARepVGGBlock(8, 8))
+
+    with torch.device("meta"):
+        meta = layers()
+    materialize(meta)
+    fresh = layers()
+    for (name, got), want in zip(meta.state_dict().items(), fresh.state_dict().values()):
+        assert not got.is_meta, name
+        if name.endswith(("avg_avg", "prior", "id_tensor", "vector", "idconv1", "l2i_conv1", "running_var")):
+            assert torch.equal(got, want), name
+
+
+@pytest.mark.parametrize("make", [lambda: OREPA(16, 32, 3, 2), lambda: OREPA(16, 16, 3, groups=8),
+                                  lambda: OREPALargeConv(3, 8, 7, 2)])
+def test_float32_kernels_match_the_float64_branches(make):
+    """The float32 path (the 1x1 → k×k product runs as a 1x1 conv there) against the explicit branches."""
+    layer = randomize(make()).eval()
+    explicit = explicit_large if isinstance(layer, OREPALargeConv) else explicit_orepa
+    x = torch.randn(2, layer.in_channels, 9, 11)
+    with torch.no_grad():
+        assert rel_diff(layer(x).double(), explicit(copy.deepcopy(layer).double(), x.double())) < 1e-5
+
+
 def test_reference_initialization():
     layer = OREPA(8, 8, 3)
     assert layer.vector[:, 0].tolist() == [0.25, 0.25, 0.0, 0.5, 1.0, 0.5]
@@ -273,6 +302,7 @@ LAYERS = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("name", LAYERS)
 def test_layer_conversion_is_exact_and_idempotent(name, float64):
     layer = randomize(LAYERS[name]()).eval()

@@ -5,23 +5,17 @@ them into **one** kernel at every forward (train and eval alike) and runs one co
 one BN. It trains at a fraction of a multi-branch block's memory and time, and deploys as one
 conv with bias (the BN folded into the generated kernel).
 
-=====================  ===================================================  ======================
-layer                  train-time keys (relative to the layer)              deploy keys
-=====================  ===================================================  ======================
-:class:`OREPA` (k×k)   ``weight_orepa_{origin, avg_conv, pfir_conv, 1x1,    ``orepa_reparam.*``
-                       1x1_kxk_idconv1, 1x1_kxk_conv2, gconv_dw,
-                       gconv_pw}``, ``vector`` (6, out), buffers
-                       ``weight_orepa_avg_avg``, ``id_tensor``,
-                       ``weight_orepa_prior``, ``bn.*``
-:class:`OREPA1x1`      ``weight_or1x1_{origin, l2i_conv1, l2i_conv2}``,      ``or1x1_reparam.*``
-                       ``vector`` (2, out), ``bn.*``
-:class:`OREPALargeConv` ``weight0..weight{L-1}.*`` (each an                  ``or_large_reparam.*``
-(the 7x7 stem)         :class:`OREPAKernel`: the OREPA keys without
-                       ``bn``), ``bn.*``
-:class:`OREPARepVGGBlock` ``rbr_identity.*``, ``rbr_dense.weight_rbr_*``,     ``rbr_reparam.*``
-                       ``rbr_dense.vector`` (5 or 6, out), its buffers,
-                       ``rbr_dense.bn.*``, ``rbr_1x1.{conv, bn}.*``
-=====================  ===================================================  ======================
+Layers, their train-time keys (relative to the layer) → deploy keys:
+
+* :class:`OREPA` (k×k): ``weight_orepa_{origin, avg_conv, pfir_conv, 1x1, 1x1_kxk_idconv1,
+  1x1_kxk_conv2, gconv_dw, gconv_pw}``, ``vector`` (6, out), the buffers ``weight_orepa_avg_avg``,
+  ``id_tensor``, ``weight_orepa_prior``, then ``bn.*`` → ``orepa_reparam.{weight, bias}``;
+* :class:`OREPA1x1`: ``weight_or1x1_{origin, l2i_conv1, l2i_conv2}``, ``vector`` (2, out), ``bn.*``
+  → ``or1x1_reparam.*``;
+* :class:`OREPALargeConv` (the 7x7 stem): ``weight0 … weight{L-1}.*`` (each an :class:`OREPAKernel`:
+  the OREPA keys without ``bn``), ``bn.*`` → ``or_large_reparam.*``;
+* :class:`OREPARepVGGBlock`: ``rbr_identity.*``, ``rbr_dense.weight_rbr_*``, ``rbr_dense.vector``
+  (5 or 6, out), its buffers, ``rbr_dense.bn.*``, ``rbr_1x1.{conv, bn}.*`` → ``rbr_reparam.*``.
 
 The kernel of an :class:`OREPA` layer (``v_r = vector[r]`` scales output channel ``o``;
 ``g`` groups, ``I = in/g``, ``T`` the internal width)::
@@ -46,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..reparam import (BN_EPS, ReparamBlock, average_pattern, bn_args, chain_kernels, compose_1x1_kxk, conv_state,
-                       dw_pw_kernel, fuse_conv_bn, fused_bn, fused_conv_bn, identity_kernel, orepa_prior, pattern_kernel,
-                       scale_kernel, scaled_sum, sum_branches)
+                       dw_pw_kernel, fuse_conv_bn, fused_bn, fused_conv_bn, identity_kernel, orepa_prior,
+                       pattern_kernel, scale_kernel, scaled_sum, sum_branches)
 from .conv_bn import ConvBn
 from .repvgg_block import RepVGGBlock
 
@@ -99,6 +93,14 @@ def _check_groups(name: str, in_channels: int, out_channels: int, groups: int) -
                          f"divisible by groups ({groups})")
 
 
+def _constant(make, shape) -> torch.Tensor:
+    """A constant buffer: ``make()``, or an empty tensor when built on the ``meta`` device (shapes only;
+    the values come from a checkpoint or :meth:`reset_parameters`)."""
+    if torch.empty(0).is_meta:
+        return torch.empty(shape)
+    return make()
+
+
 def _own_tensors(module: nn.Module) -> StateDict:
     out = {k: v for k, v in module._parameters.items() if v is not None}
     out.update({k: v for k, v in module._buffers.items() if v is not None})
@@ -142,8 +144,8 @@ class _OREPABranches:
     internal_channels: int
 
     def _add_branches(self) -> None:
-        c_in, c_out, k, g, t = self.in_channels, self.out_channels, self.kernel_size, self.groups, self.internal_channels
-        i = c_in // g
+        c_in, c_out, k, g = self.in_channels, self.out_channels, self.kernel_size, self.groups
+        t, i = self.internal_channels, c_in // g
         dtype = torch.get_default_dtype()
         shapes = [("weight_orepa_origin", (c_out, i, k, k)), ("weight_orepa_avg_conv", (c_out, i, 1, 1)),
                   ("weight_orepa_pfir_conv", (c_out, i, 1, 1)), ("weight_orepa_1x1", (c_out, i, 1, 1)),
@@ -152,9 +154,9 @@ class _OREPABranches:
                   ("weight_orepa_gconv_pw", (c_out, GCONV_MULTIPLIER * i, 1, 1)), ("vector", (6, c_out))]
         for name, shape in shapes:
             setattr(self, name, nn.Parameter(torch.empty(shape)))
-        self.register_buffer("weight_orepa_avg_avg", average_pattern(k, dtype=dtype))
-        self.register_buffer("id_tensor", identity_kernel(t, t // i, 1, dtype=dtype))
-        self.register_buffer("weight_orepa_prior", orepa_prior(c_out, k, dtype=dtype))
+        self.register_buffer("weight_orepa_avg_avg", _constant(lambda: average_pattern(k, dtype=dtype), (k, k)))
+        self.register_buffer("id_tensor", _constant(lambda: identity_kernel(t, t // i, 1, dtype=dtype), (t, i, 1, 1)))
+        self.register_buffer("weight_orepa_prior", _constant(lambda: orepa_prior(c_out, k, dtype=dtype), (c_out, k, k)))
         self._init_branches()
 
     @torch.no_grad()
@@ -170,6 +172,8 @@ class _OREPABranches:
 
     @torch.no_grad()
     def _reset_constants(self) -> None:
+        if self.weight_orepa_prior.is_meta:
+            return
         k, t, i = self.kernel_size, self.internal_channels, self.in_channels // self.groups
         for name, value in (("weight_orepa_avg_avg", average_pattern(k)),
                             ("id_tensor", identity_kernel(t, t // i, 1)),
@@ -187,7 +191,8 @@ class OREPAKernel(_OREPABranches, nn.Module):
         super().__init__()
         _check_padding(type(self).__name__, kernel_size, None)
         _check_groups(type(self).__name__, in_channels, out_channels, groups)
-        self.in_channels, self.out_channels, self.kernel_size, self.groups = in_channels, out_channels, kernel_size, groups
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.groups = groups
         self.internal_channels = internal_channels or orepa_internal_channels(in_channels, groups)
         self._add_branches()
 
@@ -307,8 +312,8 @@ class OREPA1x1(ReparamBlock):
         if self.deploy:
             return
         nn.init.kaiming_uniform_(self.weight_or1x1_origin, a=1.0)
-        square, other = ((self.weight_or1x1_l2i_conv1, self.weight_or1x1_l2i_conv2) if self.out_channels > self.in_channels
-                         else (self.weight_or1x1_l2i_conv2, self.weight_or1x1_l2i_conv1))
+        conv1, conv2 = self.weight_or1x1_l2i_conv1, self.weight_or1x1_l2i_conv2
+        square, other = (conv1, conv2) if self.out_channels > self.in_channels else (conv2, conv1)
         nn.init.kaiming_uniform_(other, a=1.0)
         square.copy_(torch.eye(square.shape[0], dtype=square.dtype, device=square.device).reshape(square.shape))
         self.vector[0].fill_(1.0)
@@ -465,10 +470,10 @@ class OREPAVGGConv(nn.Module):
         self.weight_rbr_gconv_dw = nn.Parameter(torch.empty(GCONV_MULTIPLIER * c_in, 1, k, k))
         self.weight_rbr_gconv_pw = nn.Parameter(torch.empty(c_out, GCONV_MULTIPLIER * c_in, 1, 1))
         self.vector = nn.Parameter(torch.empty(rows, c_out))
-        self.register_buffer("weight_rbr_avg_avg", average_pattern(k, dtype=dtype))
+        self.register_buffer("weight_rbr_avg_avg", _constant(lambda: average_pattern(k, dtype=dtype), (k, k)))
         if self.has_idconv:
-            self.register_buffer("id_tensor", identity_kernel(t, 1, 1, dtype=dtype))
-        self.register_buffer("weight_rbr_prior", orepa_prior(c_out, k, dtype=dtype))
+            self.register_buffer("id_tensor", _constant(lambda: identity_kernel(t, 1, 1, dtype=dtype), (t, c_in, 1, 1)))
+        self.register_buffer("weight_rbr_prior", _constant(lambda: orepa_prior(c_out, k, dtype=dtype), (c_out, k, k)))
         self.bn = nn.BatchNorm2d(c_out)
         self.reset_parameters()
 
@@ -483,11 +488,14 @@ class OREPAVGGConv(nn.Module):
                 p.zero_()
             else:
                 nn.init.kaiming_uniform_(p, a=1.0)
-        for name, value in (("weight_rbr_avg_avg", average_pattern(3)), ("weight_rbr_prior", orepa_prior(self.out_channels, 3)),
-                            ("id_tensor", identity_kernel(self.internal_channels, 1, 1) if self.has_idconv else None)):
-            if value is not None:
-                buf = getattr(self, name)
-                buf.copy_(value.to(device=buf.device, dtype=buf.dtype))
+        if self.weight_rbr_prior.is_meta:
+            return
+        constants = {"weight_rbr_avg_avg": average_pattern(3), "weight_rbr_prior": orepa_prior(self.out_channels, 3)}
+        if self.has_idconv:
+            constants["id_tensor"] = identity_kernel(self.internal_channels, 1, 1)
+        for name, value in constants.items():
+            buf = getattr(self, name)
+            buf.copy_(value.to(device=buf.device, dtype=buf.dtype))
 
     def weight_gen(self) -> torch.Tensor:
         return orepa_vgg_kernel(_own_tensors(self))
@@ -504,7 +512,8 @@ class OREPARepVGGBlock(RepVGGBlock):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, deploy: bool = False):
         if groups != 1:
-            raise ValueError(f"OREPARepVGGBlock supports groups=1 only (the reference's grouped form fails), not {groups}")
+            raise ValueError(f"OREPARepVGGBlock supports groups=1 only (the reference's grouped form fails), "
+                             f"not {groups}")
         super().__init__(in_channels, out_channels, stride=stride, groups=1, se=None, deploy=deploy)
 
     def _build_train(self) -> None:

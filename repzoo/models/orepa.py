@@ -141,7 +141,7 @@ class OREPAResNet(RepClassifier):
         self.stage0 = nn.Sequential(OrderedDict(
             conv1=conv_bn(self.block_type, in_chans, stem, 7, 2, act=True, deploy=deploy),
             maxpool=nn.MaxPool2d(3, 2, 1)))
-        self.feature_info: List[dict] = []
+        self.feature_info = []
         in_ch = stem
         for s, (n, planes) in enumerate(zip(layers, (64, 128, 256, 512)), start=1):
             planes = int(planes * width_multiplier)
@@ -317,7 +317,7 @@ def resnet_18_1_5x(**kwargs) -> OREPAResNet:
 
 @_register("OREPA-ResNet-18-2x")
 def orepa_resnet_18_2x(**kwargs) -> OREPAResNet:
-    """ResNet-18, 2x wide ("WideResNet-18 (x2)"), with OREPA layers: 149.41M train / 45.68M deploy params, 75.61% top-1."""
+    """ResNet-18, 2x wide ("WideResNet-18 (x2)"), OREPA layers: 149.41M train / 45.68M deploy params, 75.61% top-1."""
     return _create("OREPA-ResNet-18-2x", **kwargs)
 
 

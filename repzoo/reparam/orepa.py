@@ -11,7 +11,7 @@ the device the caller names: the model's own, so a float64 model holds an exact 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from .fuse import identity_kernel, pad_kernel
 
 Tensor = torch.Tensor
-KernelBias = Tuple[Tensor, Tensor]
 
 __all__ = [
     "average_pattern",
@@ -85,7 +84,7 @@ def pattern_kernel(weight: Tensor, pattern: Tensor) -> Tensor:
 
 
 def compose_1x1_kxk(first: Tensor, second: Tensor, groups: int = 1, first_bias: Optional[Tensor] = None,
-                    second_bias: Optional[Tensor] = None):
+                    second_bias: Optional[Tensor] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """A 1x1 conv ``first`` (T, I, 1, 1) then a k×k conv ``second`` (out, T/g, k, k), both with ``groups``,
     as one k×k conv (out, I, k, k). With ``g(o) = o div (out/g)`` and ``n = T/g``::
 
@@ -133,7 +132,8 @@ def dw_pw_kernel(dw: Tensor, pw: Tensor, groups: int = 1, multiplier: int = 8, i
     """A depthwise k×k conv with ``m = multiplier`` filters per input channel (``dw``: (m·in, 1, k, k)),
     then a grouped pointwise conv (``pw``: (out, m·I, 1, 1), ``I = in/g``), as one kernel (out, I, k, k)::
 
-        K[c·(out/g) + a, j, h, w] = s[c·(out/g) + a] · Σ_{t<m} dw[(c·I + j)·m + t, 0, h, w] · pw[r(c, a), j·m + t]
+        K[c·(out/g) + a, j, h, w] = s[c·(out/g) + a] · Σ_{t<m} dw[(c·I + j)·m + t, 0, h, w]
+                                                            · pw[r(c, a), j·m + t]
 
     for group ``c < g``, ``a < out/g``, ``j < I``, with ``s = scale`` (per output channel; default 1).
     OREPA reads the pointwise rows in the interleaved order ``r(c, a) = a·g + c`` (it reshapes ``pw``
@@ -185,4 +185,4 @@ def chain_kernels(kernels: Sequence[Tensor], groups: int = 1) -> Tensor:
     x = kernels[0].transpose(0, 1)
     for w in kernels[1:]:
         x = F.conv2d(x, w.to(x.dtype), padding=(w.shape[-2] - 1, w.shape[-1] - 1), groups=groups)
-    return x.transpose(0, 1)
+    return x.transpose(0, 1).contiguous()
