@@ -61,7 +61,7 @@ def test_demo(capsys):
 def test_console_script_is_installed():
     exe = shutil.which("repzoo")
     cmd = [exe] if exe else [sys.executable, "-m", "repzoo.cli"]
-    out = subprocess.run(cmd + ["list", "*A0"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd + ["list", "RepVGG-A0*"], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["RepVGG-A0"]
 
 

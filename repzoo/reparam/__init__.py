@@ -1,5 +1,6 @@
-"""Train-to-deploy conversion: the math (:mod:`.fuse`, and RepMLPNet's locality injection in :mod:`.mlp`),
-state-dict helpers (:mod:`.state`), the block protocol (:mod:`.block`) and whole-tree conversion (:mod:`.tree`)."""
+"""Train-to-deploy conversion: the math (:mod:`.fuse`; RepMLPNet's locality injection in :mod:`.mlp`;
+OREPA's and DBB's kernels in :mod:`.orepa`), state-dict helpers (:mod:`.state`), the block protocol
+(:mod:`.block`) and whole-tree conversion (:mod:`.tree`)."""
 
 #: Bumped whenever a conversion's output changes; the deploy cache is keyed by it.
 CONVERSION_VERSION = 2  # 2: GhostNet's stem BN is folded into conv_stem
@@ -7,6 +8,8 @@ CONVERSION_VERSION = 2  # 2: GhostNet's stem BN is folded into conv_stem
 from .block import ReparamBlock  # noqa: E402
 from .fuse import bn_scale_shift, fuse_bn, fuse_conv_bn, identity_kernel, pad_kernel, scale_kernel, sum_branches  # noqa: E402
 from .mlp import add_conv_to_fc_, conv_to_fc, fuse_fc_bn, inject_locality_  # noqa: E402
+from .orepa import (average_kernel, average_pattern, chain_kernels, compose_1x1_kxk, dw_pw_kernel,  # noqa: E402
+                    orepa_prior, pattern_kernel, scaled_sum)
 from .state import BN_EPS, bn_args, conv_state, fused_bn, fused_conv_bn  # noqa: E402
 from .tree import (conv_bn_pairs, conversion_error, convert_state_dict, is_deploy, model_signature,  # noqa: E402
                    reparam_blocks, reparameterize)
@@ -37,4 +40,12 @@ __all__ = [
     "add_conv_to_fc_",
     "conv_to_fc",
     "inject_locality_",
+    "average_pattern",
+    "average_kernel",
+    "orepa_prior",
+    "pattern_kernel",
+    "compose_1x1_kxk",
+    "dw_pw_kernel",
+    "scaled_sum",
+    "chain_kernels",
 ]

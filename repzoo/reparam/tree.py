@@ -129,8 +129,9 @@ def convert_state_dict(model: nn.Module, train_sd: Mapping[str, torch.Tensor]) -
     """Map a train-time state dict to the deploy state dict of ``model``'s architecture.
 
     Works without building the train-time model: every block of ``model`` (train or deploy
-    form) knows its configuration and converts its own train-time tensors. Keys of train-only
-    modules are dropped; shared tensors pass through unchanged. Raises
+    form) knows its configuration and converts its own train-time tensors (in the block's dtype when
+    that is wider than the checkpoint's). Keys of train-only modules are dropped; shared tensors pass
+    through unchanged. Raises
     :class:`~repzoo.errors.IncompatibleCheckpointError` when a block's tensors are missing.
     """
     out: StateDict = dict(train_sd)
@@ -144,14 +145,14 @@ def convert_state_dict(model: nn.Module, train_sd: Mapping[str, torch.Tensor]) -
                 f"({', '.join(missing[:4])}{' …' if len(missing) > 4 else ''}). Is it a train-time checkpoint of "
                 "this model?"
             )
-        local = {k: out.pop(p + k) for k in keys}
+        local = _widened({k: out.pop(p + k) for k in keys}, block)
         out.update({p + k: v for k, v in block.fuse_state_dict(local).items()})
     for p, owner, conv, bn in conv_bn_pairs(model):
         if f"{p}{bn}.running_var" not in out:
             continue  # already in deploy form
         eps = getattr(getattr(owner, bn), "eps", BN_EPS)
-        local = {k: out.pop(k) for k in [f"{p}{conv}.weight", f"{p}{conv}.bias"] + [f"{p}{bn}.{x}" for x in _BN_KEYS]
-                 if k in out}
+        local = _widened({k: out.pop(k) for k in [f"{p}{conv}.weight", f"{p}{conv}.bias"]
+                          + [f"{p}{bn}.{x}" for x in _BN_KEYS] if k in out}, getattr(owner, conv))
         weight = local[f"{p}{conv}.weight"]
         kernel, bias = fused_conv_bn(local, f"{p}{conv}.weight", f"{p}{bn}.", eps, f"{p}{conv}.bias")
         out.update(conv_state(f"{p}{conv}.", kernel, bias, weight.dtype))
@@ -159,6 +160,16 @@ def convert_state_dict(model: nn.Module, train_sd: Mapping[str, torch.Tensor]) -
     if drop:
         out = {k: v for k, v in out.items() if not k.startswith(drop)}
     return out
+
+
+def _widened(sd: StateDict, module: nn.Module) -> StateDict:
+    """``sd``'s floating tensors in ``module``'s own floating dtype where that is wider: a float32
+    checkpoint converted for a float64 model is fused in float64, as the model would compute it after
+    loading (never narrowed: a float16 model still converts a float32 file in float32)."""
+    dtype = next((t.dtype for t in module.parameters() if t.is_floating_point()), None)
+    if dtype is None:
+        return sd
+    return {k: v.to(torch.promote_types(v.dtype, dtype)) if v.is_floating_point() else v for k, v in sd.items()}
 
 
 @torch.no_grad()
