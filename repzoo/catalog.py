@@ -57,7 +57,8 @@ def count_macs(name: str, deploy: bool = True, input_size: Optional[tuple] = Non
 
 
 def model_info(name: str) -> Dict[str, Any]:
-    """What a variant is: family, paper, config, parameters of both forms, eval config, tags."""
+    """What a variant is: family, paper, config, parameters of both forms, eval config, tags, and what its
+    authors reported of it (``reported``: top-1, training memory and time, where they did)."""
     entry = get_model_entry(name)
     cfg = pretrained_cfg(entry.name)
     return {
@@ -73,4 +74,5 @@ def model_info(name: str) -> Dict[str, Any]:
         "pretrained_cfg": cfg,
         "pretrained_tags": pretrained_tags(entry.name),
         "hub_entry": name_alias(entry.name),
+        "reported": dict(entry.reported),
     }

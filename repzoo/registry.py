@@ -50,7 +50,8 @@ class ModelEntry:
     """One registered variant: how to build it and what it is.
 
     ``scales`` names the released RepOptimizer scale set that a constant-scale (``-csla``) model
-    takes by default; ``aliases`` are other projects' names of the same variant (timm's).
+    takes by default; ``aliases`` are other projects' names of the same variant (timm's); ``reported`` is
+    what its authors reported of it (top-1, training cost), with the setting they measured it in.
     """
 
     name: str
@@ -60,6 +61,7 @@ class ModelEntry:
     config: Mapping[str, Any]
     scales: Optional[str] = None
     aliases: Tuple[str, ...] = ()
+    reported: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def alias(self) -> str:
@@ -72,7 +74,8 @@ _FOREIGN: Dict[str, str] = {}  # normalized other-project name -> canonical
 
 
 def register_model(name: str, *, family: str, paper: str, config: Optional[Mapping[str, Any]] = None,
-                   scales: Optional[str] = None, aliases: Sequence[str] = ()) -> Callable:
+                   scales: Optional[str] = None, aliases: Sequence[str] = (),
+                   reported: Optional[Mapping[str, Any]] = None) -> Callable:
     """Register an entrypoint under its canonical ``name``.
 
     The decorated function must be named like the alias (``repvgg_a0`` for ``RepVGG-A0``) and
@@ -85,7 +88,8 @@ def register_model(name: str, *, family: str, paper: str, config: Optional[Mappi
         key = normalize_name(name)
         if key in _LOOKUP and _LOOKUP[key] != name:
             raise ValueError(f"{name!r} collides with registered {_LOOKUP[key]!r}")
-        _ENTRIES[name] = ModelEntry(name, fn, family, paper, dict(config or {}), scales, tuple(aliases))
+        _ENTRIES[name] = ModelEntry(name, fn, family, paper, dict(config or {}), scales, tuple(aliases),
+                                   dict(reported or {}))
         _LOOKUP[key] = name
         for other in aliases:
             _FOREIGN[normalize_name(other)] = name

@@ -23,7 +23,7 @@ from repzoo.optim import create_repoptimizer, extract_scales
 SMALL = dict(num_blocks=(1, 2, 1, 1), width_multiplier=(0.25, 0.25, 0.25, 0.25), num_classes=5)
 BATCH, SIZE, STEPS = 8, 16, 3
 #: a registry model of each family (small variants: two processes hold them in float64)
-FAMILY_MODELS = ("RepVGG-A0", "RepGhostNet-0.5x", "RepOpt-GhostNet-0.5x-hs")
+FAMILY_MODELS = ("RepVGG-A0", "RepGhostNet-0.5x", "RepOpt-GhostNet-0.5x-hs", "OREPA-ResNet-18")
 SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
 ADAMW = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2)
 

@@ -221,8 +221,32 @@ def _create(name: str, **kwargs) -> nn.Module:
     return (OREPAResNet if arch in RESNETS else OREPAVGG)(**_config(name), **kwargs)
 
 
+#: What the authors reported (OREPA README, paper Tables 2 and 4): top-1, training GPU memory (GB) and time per
+#: batch (s). Plain-RepVGG and B1 have none; the paper's RepVGG-A* baselines are RepVGG blocks, not plain.
+REPORTED_SETTING = "ImageNet, 120 epochs, batch 256 on 4x V100; the authors' re-training"
+REPORTED: Dict[str, Tuple[float, float, float]] = {
+    "ResNet-18": (71.21, 4.2, 0.086), "DBB-ResNet-18": (71.77, 7.5, 0.241), "OREPA-ResNet-18": (72.13, 5.2, 0.120),
+    "ResNet-34": (74.13, 5.2, 0.116), "DBB-ResNet-34": (74.83, 11.1, 0.424), "OREPA-ResNet-34": (75.04, 6.7, 0.182),
+    "ResNet-50": (76.70, 10.3, 0.204), "DBB-ResNet-50": (76.89, 13.7, 0.380), "OREPA-ResNet-50": (77.31, 11.2, 0.252),
+    "ResNet-101": (77.71, 14.5, 0.382), "DBB-ResNet-101": (78.02, 19.7, 0.641),
+    "OREPA-ResNet-101": (78.29, 16.1, 0.445),
+    "ResNeXt-50": (77.14, 12.4, 0.286), "OREPA-ResNeXt-50": (77.66, 13.0, 0.343),
+    "ResNet-18-1.5x": (73.69, 6.0, 0.121), "OREPA-ResNet-18-1.5x": (74.51, 7.4, 0.164),
+    "ResNet-18-2x": (74.74, 7.4, 0.161), "OREPA-ResNet-18-2x": (75.61, 10.4, 0.229),
+    "OREPA-RepVGG-A0": (73.04, 4.2, 0.136), "OREPA-RepVGG-A1": (74.85, 5.5, 0.147),
+    "OREPA-RepVGG-A2": (76.72, 7.4, 0.210),
+}
+
+
+def _reported(name: str) -> dict:
+    if name not in REPORTED:
+        return {}
+    top1, memory, time = REPORTED[name]
+    return dict(top1=top1, train_gpu_memory_gb=memory, train_time_per_batch_s=time, setting=REPORTED_SETTING)
+
+
 def _register(name: str):
-    return register_model(name, family=FAMILY, paper=PAPER, config=_config(name))
+    return register_model(name, family=FAMILY, paper=PAPER, config=_config(name), reported=_reported(name))
 
 
 @_register("OREPA-ResNet-18")
