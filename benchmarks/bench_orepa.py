@@ -5,9 +5,10 @@ DBB-ResNet-18 and the plain ResNet-18 at the same batch, in one run:
 
   * images/s of the training step: the models' steps interleaved in one process, the fastest step
     of each (robust to other work on the machine; the median is printed too);
-  * peak memory, each model in a process of its own: on CUDA ``torch.cuda.max_memory_allocated``;
-    on CPU the peak resident memory (``ru_maxrss``); also as the increase over what is held once the
-    model, optimizer and batch exist (what the steps need: activations, gradients, momentum, kernels).
+  * peak tensor memory, each model in a process of its own (``repzoo.bench.peak_memory``: on CUDA
+    ``torch.cuda.max_memory_allocated``, on CPU the allocator's events); also as the increase over what
+    is held once the model, optimizer and batch exist (what the steps need: activations, gradients,
+    momentum, kernels).
 
 The paper reports (V100s, per batch): ResNet-18 plain / DBB / OREPA = 4.2 / 7.5 / 5.2 GB and
 0.086 / 0.241 / 0.120 s. repzoo's goal: OREPA ≤ 1.3× the plain step time and ≤ 0.6× DBB's.
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,11 +28,6 @@ import time
 
 MODELS = ("ResNet-18", "DBB-ResNet-18", "OREPA-ResNet-18")
 PAPER = {"ResNet-18": (4.2, 0.086), "DBB-ResNet-18": (7.5, 0.241), "OREPA-ResNet-18": (5.2, 0.120)}
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _setup(name: str, args: argparse.Namespace):
@@ -69,20 +63,20 @@ def _sync(args: argparse.Namespace):
 
 
 def measure_memory(name: str, args: argparse.Namespace) -> dict:
-    """In a child process of its own: the peak memory of ``name``'s training steps."""
-    import torch
+    """In a child process of its own: the peak tensor memory of ``name``'s training steps (weights, gradients,
+    momentum, kernels, activations; ``repzoo.bench.peak_memory``) and how much of it the steps add."""
+    from repzoo.bench import peak_memory
 
-    cuda = args.device.startswith("cuda")
-    model, step = _setup(name, args)
-    base = torch.cuda.memory_allocated() if cuda else _rss_bytes()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(2):  # the second step holds the optimizer's momentum too
-        step()
-    _sync(args)()
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"model": name, "peak_bytes": peak, "step_bytes": peak - base,
-            "params": sum(p.numel() for p in model.parameters())}
+    setup = {}
+
+    def build():
+        setup["model"], step = _setup(name, args)
+        return step
+
+    # two steps: the second holds the optimizer's momentum too
+    peak = peak_memory(build, lambda step: (step(), step()), args.device)
+    return {"model": name, "peak_bytes": peak["peak_bytes"], "step_bytes": peak["peak_bytes"] - peak["held_before_bytes"],
+            "params": sum(p.numel() for p in setup["model"].parameters())}
 
 
 def measure_time(names, args: argparse.Namespace) -> dict:

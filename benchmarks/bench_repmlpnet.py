@@ -6,7 +6,7 @@ Measures, in one run (float32, CPU unless ``--device``):
   * the time locality injection (``repzoo.reparameterize``) takes, per model (all six by default);
   * the peak memory conversion allocates beyond the model it converts, against the goal of no more
     than one extra copy of the largest block's weights. Every allocation and free of the CPU
-    allocator during the conversion is recorded (``torch.profiler``, ``profile_memory=True``) and
+    allocator during the conversion is recorded (``repzoo.bench.peak_memory``: the profiler) and
     the running sum's maximum is the peak. The same is reported for converting a train-time state
     dict on load (``repzoo.convert_state_dict``), whose result is a new copy of every FC by nature.
 
@@ -18,7 +18,6 @@ import json
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
 
 ALL = ["RepMLPNet-T224", "RepMLPNet-B224", "RepMLPNet-T256", "RepMLPNet-B256", "RepMLPNet-D256", "RepMLPNet-L256"]
 
@@ -38,26 +37,11 @@ def images_per_second(model, x, min_time: float, warmup: int = 2) -> float:
 
 def peak_allocated(build, convert) -> int:
     """The most bytes the CPU allocator held at once while ``convert(build())`` converted, beyond what it
-    held when the conversion began. The build is recorded too: the profiler can only count the frees
-    of blocks it saw allocated (the old kernels the conversion releases)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        obj = build()
-        with record_function("conversion"):
-            convert(obj)
-        del obj
-    events = list(prof.profiler.kineto_results.events())
-    region = next(e for e in events if e.name() == "conversion")
-    memory = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())
-    live, start, peak = 0, None, 0
-    for e in memory:
-        if e.start_ns() > region.end_ns():
-            break
-        if start is None and e.start_ns() >= region.start_ns():
-            start = live
-        live += e.nbytes()
-        if start is not None:
-            peak = max(peak, live - start)
-    return peak
+    held when the conversion began (``repzoo.bench.peak_memory``)."""
+    from repzoo.bench import peak_memory
+
+    peak = peak_memory(build, convert)
+    return peak["peak_bytes"] - peak["held_before_bytes"]
 
 
 def largest_block_bytes(model) -> int:

@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -84,57 +81,17 @@ def bench_step(args):
     return results
 
 
-def _train_one(args, which):
-    """Images/s and peak memory of one configuration ('repopt' or 'repvgg'), in this process."""
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    if which == "repopt":
-        model = repzoo.create_model("RepOpt-VGG-B1").to(device)
-    else:
-        model = repzoo.create_model("RepVGG-B1").to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    kw = dict(lr=0.1, momentum=0.9, nesterov=True)
-    if which == "repopt":
-        opt = create_repoptimizer(model, _scales(args), "sgd", weight_decay=4e-5, **kw)
-    else:
-        opt = torch.optim.SGD(weight_decay_groups(model, 4e-5), foreach=True, **kw)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
-    if args.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (args.batch_size,), device=device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = _time(step, device, args.train_warmup, args.train_iters)
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return dict(images_per_s=args.batch_size / seconds, peak_mem_mib=peak / 2 ** 20)
-
-
 def bench_train(args):
-    out = {}
-    for which in ("repopt", "repvgg"):
-        if torch.device(args.device).type == "cuda":
-            out[which] = _train_one(args, which)
-            torch.cuda.empty_cache()
-        else:  # a fresh process each, so that the peak RSS is this configuration's own
-            cmd = [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size),
-                   "--img-size", str(args.img_size), "--train-iters", str(args.train_iters),
-                   "--train-warmup", str(args.train_warmup), "--only", f"_train_{which}"]
-            cmd += (["--bf16"] if args.bf16 else []) + (["--channels-last"] if args.channels_last else [])
-            cmd += ["--scales", str(args.scales)] if args.scales else []
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            out[which] = json.loads(res.stdout.strip().splitlines()[-1])
+    """RepOpt-VGG-B1 with its RepOptimizer vs the RepVGG form of the same architecture with SGD: each in a
+    fresh interpreter (``repzoo.bench.train_step_cost``, as ``repzoo bench`` measures it)."""
+    from repzoo.bench import train_step_cost
+
+    settings = dict(device=args.device, batch_size=args.batch_size, image_size=args.img_size, bf16=args.bf16,
+                    channels_last=args.channels_last, threads=torch.get_num_threads(), train_repeats=args.train_iters)
+    out = {"repopt": train_step_cost("RepOpt-VGG-B1", settings),
+           "repvgg": train_step_cost("RepOpt-VGG-B1-repvgg", settings)}
     out["throughput_ratio_repopt_vs_repvgg"] = out["repopt"]["images_per_s"] / out["repvgg"]["images_per_s"]
-    out["memory_ratio_repopt_vs_repvgg"] = out["repopt"]["peak_mem_mib"] / out["repvgg"]["peak_mem_mib"]
+    out["memory_ratio_repopt_vs_repvgg"] = out["repopt"]["peak_bytes"] / out["repvgg"]["peak_bytes"]
     return out
 
 
@@ -148,13 +105,9 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=20, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--train-iters", type=int, default=5)
-    parser.add_argument("--train-warmup", type=int, default=2)
     parser.add_argument("--scales", default=None, help="B1 scale file (default: the released B1 scales, shipped with repzoo)")
-    parser.add_argument("--only", default="all", choices=["all", "step", "train", "_train_repopt", "_train_repvgg"])
+    parser.add_argument("--only", default="all", choices=["all", "step", "train"])
     args = parser.parse_args(argv)
-    if args.only.startswith("_train_"):
-        print(json.dumps(_train_one(args, args.only[len("_train_"):])))
-        return
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     info = dict(device=str(args.device), torch=torch.__version__, batch_size=args.batch_size, img_size=args.img_size,
                 bf16=args.bf16, channels_last=args.channels_last)

@@ -12,7 +12,8 @@ For every model asked for:
 * a warm ``create_model(name, pretrained=True, deploy=True)`` (its cache filled with generated weights
   in the authors' format, nothing downloaded): time and peak RSS, in a fresh interpreter.
 
-Timings are medians of repetitions after warm-up. The report names the machine, and is written as JSON
+Timings are medians of repetitions after warm-up; the inference runs of the two forms and of timm's twin
+are interleaved, so that their ratios are measured under the same conditions. The report names the machine, and is written as JSON
 and a markdown table; ``--plot`` draws released top-1 (from the manifest) against measured deploy
 throughput, one colour per family (matplotlib, an optional extra).
 
@@ -21,6 +22,7 @@ throughput, one colour per family (matplotlib, an optional extra).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -35,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["machine", "run_bench", "markdown", "plot"]
+__all__ = ["machine", "peak_memory", "train_step_fn", "train_step_cost", "run_bench", "markdown", "plot"]
 
 #: repzoo name -> timm's name of the same architecture, where timm has its own (reparameterizable) twin
 TIMM_TWINS = {**{f"RepVGG-{v}": f"repvgg_{v.lower()}" for v in "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()},
@@ -58,21 +60,47 @@ def machine(device: str) -> Dict[str, Any]:
     return info
 
 
+def peak_memory(build: Callable[[], Any], run: Callable[[Any], Any], device: Any = "cpu") -> Dict[str, int]:
+    """The most tensor memory held at once while ``run(build())`` runs: ``peak_bytes`` (everything live, the
+    model and its optimizer included: what ``torch.cuda.max_memory_allocated`` reports on a GPU) and
+    ``held_before_bytes`` (live when ``run`` began). On the CPU every allocation and free is read from the
+    profiler's allocator events (``profile_memory=True``) — exact, unlike the process's resident size, which
+    keeps its high-water mark from the build. Do not time ``run`` here: the profiler slows it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        obj = build()
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device) - start
+        torch.cuda.reset_peak_memory_stats(device)
+        run(obj)
+        torch.cuda.synchronize(device)
+        return dict(peak_bytes=torch.cuda.max_memory_allocated(device) - start, held_before_bytes=before)
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        obj = build()  # recorded too: the frees of what it allocated are counted against their allocations
+        with record_function("repzoo.bench.run"):
+            run(obj)
+        del obj
+    events = list(prof.profiler.kineto_results.events())
+    region = next(e for e in events if e.name() == "repzoo.bench.run")
+    live, before, peak = 0, None, 0
+    for e in sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()):
+        if e.start_ns() > region.end_ns():
+            break
+        if before is None and e.start_ns() >= region.start_ns():
+            before = live
+        live += e.nbytes()
+        if before is not None:
+            peak = max(peak, live)
+    before = live if before is None else before
+    return dict(peak_bytes=max(peak, before), held_before_bytes=before)
+
+
 def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def _median_time(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool) -> nn.Module:
@@ -80,27 +108,42 @@ def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, channel
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _inference(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> float:
-    model.eval()
+def _inference(models: Sequence[nn.Module], x: torch.Tensor, repeats: int, warmup: int) -> List[float]:
+    """Images/s of each model on ``x``: their runs interleaved (one of each per repetition), so that the
+    machine's drift falls on all of them alike; medians."""
+    sync = _sync(x.device)
+    times: List[List[float]] = [[] for _ in models]
     with torch.inference_mode():
-        return x.shape[0] / _median_time(lambda: model(x), _sync(x.device), repeats, warmup)
+        for m in models:
+            m.eval()
+            for _ in range(warmup):
+                m(x)
+        sync()
+        for _ in range(repeats):
+            for m, record in zip(models, times):
+                t = time.perf_counter()
+                m(x)
+                sync()
+                record.append(time.perf_counter() - t)
+    return [x.shape[0] / statistics.median(record) for record in times]
 
 
-def _peak_train(name: str, args: Dict[str, Any]) -> Dict[str, float]:
-    """A training step's images/s and peak memory, in a fresh interpreter (CPU: peak RSS above what the model and
-    its optimizer hold before the first step: activations, gradients, optimizer state)."""
+def train_step_cost(name: str, args: Dict[str, Any]) -> Dict[str, float]:
+    """A training step's images/s and peak memory of ``name`` as :func:`train_step_fn` trains it (everything the step holds: weights, gradients, optimizer
+    state, activations; see :func:`peak_memory`), each in a fresh interpreter."""
     code = textwrap.dedent(
         """
-        import json, resource, sys, time, statistics
-        import torch, repzoo
-        from repzoo.bench import train_step_fn
-        name, args = sys.argv[1], json.loads(sys.argv[2])
+        import json, sys, time, statistics
+        import torch
+        from repzoo.bench import peak_memory, train_step_fn
+        name, args, what = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
         torch.set_num_threads(args["threads"])
         device = torch.device(args["device"])
+        if what == "memory":  # two steps: the second holds the optimizer's state too
+            print(json.dumps(peak_memory(lambda: train_step_fn(name, args, device)[0],
+                                         lambda step: (step(), step()), device)))
+            sys.exit()
         step, x = train_step_fn(name, args, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(device)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the model and its optimizer built
         step(); step()
         times = []
         for _ in range(args["train_repeats"]):
@@ -108,14 +151,16 @@ def _peak_train(name: str, args: Dict[str, Any]) -> Dict[str, float]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
-        print(json.dumps(dict(images_per_s=x.shape[0] / statistics.median(times), peak_bytes=peak)))
+        print(json.dumps(dict(images_per_s=x.shape[0] / statistics.median(times))))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code, name, json.dumps(args)], capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def child(what: str) -> Dict[str, float]:
+        out = subprocess.run([sys.executable, "-c", code, name, json.dumps(args), what], capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    return {**child("time"), **child("memory")}
 
 
 def train_step_fn(name: str, args: Dict[str, Any], device: torch.device):
@@ -200,15 +245,15 @@ def _warm_load(name: str, args: Dict[str, Any]) -> Optional[Dict[str, float]]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def _timm_twin(name: str, x: torch.Tensor, dtype, channels_last: bool, repeats: int, warmup: int) -> Optional[float]:
+def _timm_twin(name: str, device: torch.device, dtype, channels_last: bool) -> Optional[nn.Module]:
+    """timm's reparameterized model of the same architecture, where timm has one."""
     twin = TIMM_TWINS.get(name)
     if twin is None:
         return None
     import timm
     from timm.utils import reparameterize_model
 
-    model = reparameterize_model(timm.create_model(twin, pretrained=False).eval())
-    return _inference(_prepare(model, x.device, dtype, channels_last), x, repeats, warmup)
+    return _prepare(reparameterize_model(timm.create_model(twin, pretrained=False).eval()), device, dtype, channels_last)
 
 
 def run_bench(models: Sequence[str], *, device: str = "cpu", batch_size: int = 8, image_size: Optional[int] = None,
@@ -244,26 +289,27 @@ def run_bench(models: Sequence[str], *, device: str = "cpu", batch_size: int = 8
             x = x.to(memory_format=torch.channels_last)
         row: Dict[str, Any] = dict(model=name, family=entry.family, image_size=size,
                                    params_train=count_params(name, False), params_deploy=count_params(name, True))
-        row["train_form_images_per_s"] = _inference(model, x, repeats, warmup)
+        deploy = copy.deepcopy(model)
         t = time.perf_counter()
-        repzoo.reparameterize(model)
+        repzoo.reparameterize(deploy)
         _sync(dev)()
         row["convert_seconds"] = time.perf_counter() - t
-        row["deploy_images_per_s"] = _inference(model, x, repeats, warmup)
-        row["deploy_speedup"] = row["deploy_images_per_s"] / row["train_form_images_per_s"]
         bar.update(1)
-        twin = _timm_twin(name, x, dtype, channels_last, repeats, warmup)
+        twin = _timm_twin(name, dev, dtype, channels_last)
+        speeds = _inference([model, deploy] + ([twin] if twin is not None else []), x, repeats, warmup)
+        row["train_form_images_per_s"], row["deploy_images_per_s"] = speeds[:2]
+        row["deploy_speedup"] = row["deploy_images_per_s"] / row["train_form_images_per_s"]
         if twin is not None:
             row["timm_twin"] = TIMM_TWINS[name]
-            row["timm_deploy_images_per_s"] = twin
-            row["deploy_vs_timm"] = row["deploy_images_per_s"] / twin
+            row["timm_deploy_images_per_s"] = speeds[2]
+            row["deploy_vs_timm"] = row["deploy_images_per_s"] / speeds[2]
         bar.update(1)
-        del model
+        del model, deploy, twin
         targs = dict(settings, image_size=size, train_repeats=train_repeats, load_repeats=load_repeats)
         if train:
-            row["train_step"] = _peak_train(name, targs)
+            row["train_step"] = train_step_cost(name, targs)
             if entry.family == "RepOpt-VGG" and entry.config.get("mode") == "target":
-                row["train_step_repvgg_form"] = _peak_train(f"{name}-repvgg", targs)
+                row["train_step_repvgg_form"] = train_step_cost(f"{name}-repvgg", targs)
                 row["train_vs_repvgg_form"] = (row["train_step"]["images_per_s"]
                                                / row["train_step_repvgg_form"]["images_per_s"])
             bar.update(1)

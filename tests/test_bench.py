@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from repzoo.bench import TIMM_TWINS, markdown, run_bench
+import torch
+
+from repzoo.bench import TIMM_TWINS, markdown, peak_memory, run_bench
 from repzoo.cli import main
 
 
@@ -18,7 +20,10 @@ def test_every_figure_is_measured(report):
     a0, ghost = report["rows"]
     for row in (a0, ghost):
         assert row["train_form_images_per_s"] > 0 and row["deploy_images_per_s"] > 0 and row["convert_seconds"] >= 0
-        assert row["train_step"]["images_per_s"] > 0 and row["train_step"]["peak_bytes"] >= 0
+        step = row["train_step"]
+        # the step holds at least the weights, their gradients and (SGD) momentum: 3 x 4 bytes per parameter
+        assert step["images_per_s"] > 0 and step["peak_bytes"] >= 12 * row["params_train"] > 0
+        assert step["held_before_bytes"] >= 4 * row["params_train"]
         assert row["deploy_speedup"] == pytest.approx(row["deploy_images_per_s"] / row["train_form_images_per_s"])
     assert a0["timm_twin"] == TIMM_TWINS["RepVGG-A0"] == "repvgg_a0" and a0["deploy_vs_timm"] > 0
     assert "timm_twin" not in ghost  # timm has no RepOpt-GhostNet
@@ -26,6 +31,19 @@ def test_every_figure_is_measured(report):
     assert load["seconds"] > 0 and load["weight_bytes"] == a0["params_deploy"] * 4
     assert a0["top1"] == pytest.approx(72.41) and ghost["top1"] == pytest.approx(66.50)
     assert (a0["params_train"], a0["params_deploy"]) == (9_108_968, 8_309_384)
+
+
+def test_peak_memory_counts_what_is_live_at_once():
+    mib = 2 ** 20
+
+    def run(held):
+        a = torch.empty(8 * mib, dtype=torch.uint8)  # 8 MiB, then 2 MiB more while a is live
+        b = torch.empty(2 * mib, dtype=torch.uint8)
+        del a, b
+        torch.empty(6 * mib, dtype=torch.uint8)  # less than the peak: does not raise it
+
+    peak = peak_memory(lambda: torch.empty(4 * mib, dtype=torch.uint8), run)
+    assert peak == dict(peak_bytes=14 * mib, held_before_bytes=4 * mib)
 
 
 def test_markdown_names_the_machine_and_has_a_row_per_model(report):
