@@ -6,7 +6,7 @@
    same hyper-parameters and groups, ``foreach=True`` (and ``fused=True`` where it exists).
 2. ``train``: a full training step (forward, backward, optimizer step) of RepOpt-VGG-B1
    (target + RepOptimizerSGD) vs RepVGG-B1 in its train-time form + torch SGD: images/s and
-   peak memory (CUDA: ``max_memory_allocated``; CPU: the peak RSS of a fresh subprocess).
+   peak memory (``repzoo.bench.train_step_cost``: CUDA ``max_memory_allocated``, CPU the allocator's events).
 
     python benchmarks/bench_repopt.py                                  # CPU, batch 8, 224²
     python benchmarks/bench_repopt.py --device cuda --bf16 --channels-last --batch-size 128

@@ -335,8 +335,8 @@ def markdown(report: Dict[str, Any]) -> str:
              f"batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'}"
              + (", channels_last" if s["channels_last"] else "") + "; medians.", "",
              "| model | size | train form img/s | deploy img/s | deploy / train | deploy / timm twin | convert s "
-             "| train step img/s | train peak MiB | warm deploy load ms | top-1 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| train step img/s | train peak MiB | warm deploy load ms | warm load peak RSS MiB | top-1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         step = r.get("train_step") or {}
         load = r.get("warm_pretrained_deploy_load") or {}
@@ -347,7 +347,8 @@ def markdown(report: Dict[str, Any]) -> str:
             f"| {r['deploy_speedup']:.2f}x | {_fmt(r.get('deploy_vs_timm'), '.2f')}{'x' if r.get('deploy_vs_timm') else ''} "
             f"| {r['convert_seconds']:.2f} | {train_cell} "
             f"| {_fmt(step.get('peak_bytes') and step['peak_bytes'] / 2 ** 20, '.0f')} "
-            f"| {_fmt(load.get('seconds') and load['seconds'] * 1e3)} | {_fmt(r.get('top1'), '.2f')} |")
+            f"| {_fmt(load.get('seconds') and load['seconds'] * 1e3)} "
+            f"| {_fmt(load.get('peak_rss_bytes') and load['peak_rss_bytes'] / 2 ** 20, '.0f')} | {_fmt(r.get('top1'), '.2f')} |")
     return "\n".join(lines)
 
 
