@@ -23,7 +23,18 @@ from repzoo.optim import create_repoptimizer, extract_scales
 SMALL = dict(num_blocks=(1, 2, 1, 1), width_multiplier=(0.25, 0.25, 0.25, 0.25), num_classes=5)
 BATCH, SIZE, STEPS = 8, 16, 3
 #: a registry model of each family (small variants: two processes hold them in float64)
-FAMILY_MODELS = ("RepVGG-A0", "RepGhostNet-0.5x", "RepOpt-GhostNet-0.5x-hs", "OREPA-ResNet-18")
+FAMILY_MODELS = ("RepVGG-A0", "RepGhostNet-0.5x", "RepOpt-GhostNet-0.5x-hs", "OREPA-ResNet-18", "RepMLPNet-tiny")
+#: RepMLPNet's registered variants take 224 / 256 px; the family's own model class, two small stages, takes 32 px
+TINY_REPMLPNET = dict(channels=(8, 16), num_blocks=(1, 1), hs=(2, 1), sharesets_nums=(2, 4))
+
+
+def family_model(name: str, deploy: bool = False):
+    """A model of each family with 4 classes: a registered variant, or the small RepMLPNet."""
+    if name == "RepMLPNet-tiny":
+        from repzoo.models.repmlpnet import RepMLPNet
+
+        return RepMLPNet(**TINY_REPMLPNET, num_classes=4, deploy=deploy)
+    return repzoo.create_model(name, num_classes=4, deploy=deploy)
 SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
 ADAMW = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-2)
 
@@ -145,7 +156,7 @@ def every_family(rank, world, out_dir) -> None:
     results = {}
     for name in FAMILY_MODELS:
         torch.manual_seed(0)
-        model = repzoo.create_model(name, num_classes=4).double().eval()
+        model = family_model(name).double().eval()
         repzoo.distributed.shard(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         x = torch.randn(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))

@@ -123,7 +123,7 @@ def test_every_family_trains_sharded_and_converts(launched, name):
     out, _ = launched
     full = torch.load(out / "families.pt", weights_only=True)[name]
     torch.manual_seed(0)
-    model = repzoo.create_model(name, num_classes=4).double().eval()
+    model = W.family_model(name).double().eval()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     F.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
@@ -131,7 +131,7 @@ def test_every_family_trains_sharded_and_converts(launched, name):
     assert _rel_sd(full, model.state_dict()) < 1e-12  # the sharded step is the full-batch step
     torch.set_default_dtype(torch.float64)  # the deploy model adopts the float64 weights as they are
     try:
-        deploy = repzoo.create_model(name, num_classes=4, deploy=True, checkpoint_path=full).eval()
+        deploy = repzoo.load_checkpoint(W.family_model(name, deploy=True), full).eval()
     finally:
         torch.set_default_dtype(torch.float32)
     probe = torch.randn(2, 3, 48, 40, dtype=torch.float64)
