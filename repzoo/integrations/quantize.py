@@ -30,6 +30,7 @@ __all__ = ["quantize_int8", "calibration_batches", "int8_layers", "kernel_ranges
            "weight_quant_error", "int8_weights_only", "activation_ranges", "output_drift"]
 
 Calibration = Union[torch.Tensor, Iterable[torch.Tensor]]
+Outputs = Union[nn.Module, Callable, torch.Tensor]  # a model, or its logits
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
@@ -233,7 +234,7 @@ def activation_ranges(model: nn.Module, calibration: Calibration, percentile: fl
     return out
 
 
-def _logits(model: Union[nn.Module, Callable, torch.Tensor], images: Optional[torch.Tensor], batch_size: int):
+def _logits(model: Outputs, images: Optional[torch.Tensor], batch_size: int):
     if isinstance(model, torch.Tensor):
         return model.detach().float()
     if images is None:
@@ -251,8 +252,8 @@ def _logits(model: Union[nn.Module, Callable, torch.Tensor], images: Optional[to
             module.train(training)
 
 
-def output_drift(reference: Union[nn.Module, Callable, torch.Tensor], quantized: Union[nn.Module, Callable, torch.Tensor],
-                 images: Optional[torch.Tensor] = None, batch_size: int = 32) -> Dict[str, float]:
+def output_drift(reference: Outputs, quantized: Outputs, images: Optional[torch.Tensor] = None,
+                 batch_size: int = 32) -> Dict[str, float]:
     """How far ``quantized``'s logits are from ``reference``'s on ``images``.
 
     Each of the two is a model (run in eval mode on ``images`` in batches, the input cast to a float
