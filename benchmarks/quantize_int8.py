@@ -1,9 +1,11 @@
 """fp32 → int8 on the CPU (torch.ao FX graph mode, x86 backend): output drift, top-1 agreement and speed-up of
 repzoo deploy models, their kernel and activation ranges, and RepOpt-GhostNet-0.5x in fp16 and int8 — a benchmark.
 
-    python benchmarks/quantize_int8.py --json int8.json --plot docs/assets/kernel_ranges.png   # the full setting
-    python benchmarks/quantize_int8.py --smallest --min-agreement 0.9                           # what CI runs
-    python benchmarks/quantize_int8.py --pretrained --models RepVGG-A0                           # released weights
+    python benchmarks/quantize_int8.py --json int8.json --plot kernel_ranges.png   # the full setting
+    python benchmarks/quantize_int8.py --smallest --min-agreement 0.9               # what CI runs
+    python benchmarks/quantize_int8.py --pretrained --models RepVGG-A0              # released weights
+
+(docs/quantization.md gives the command its figures were measured with.)
 
 The images are made here (deterministic): ``--classes`` synthetic classes, each a colour and an oriented
 grating, with a small per-image jitter of phase, contrast and brightness plus pixel noise. Three splits: ``fit``
@@ -18,10 +20,10 @@ made to look like trained ones where it matters for quantization, and the output
   the three branches and the identity's centre taps, as converted trained kernels do;
 * RepOpt-VGG / RepOpt-GhostNet: the kernels re-initialized from the released Hyper-Search scales (the Rule of
   Initialization, ``create_repoptimizer(model, name, reinit=True)``; the scale files ship with repzoo), BN
-  statistics measured on the fit images.
+  statistics measured on the fit images, BN gamma 1 and beta 0 as the rule leaves them.
 
 Random weights give near-tied logits, so the classifier head (``--classes`` outputs) is fitted to the fp32
-deploy model's features of the fit images (ridge least squares on centred features): the fp32 model
+deploy model's features of the fit images (ridge least squares, see ``fit_head``): the fp32 model
 then has real margins and "top-1 agreement" measures int8 drift against them. With ``--pretrained`` the
 released weights are used as they are, head included (``--fit-head`` to fit one anyway).
 """
