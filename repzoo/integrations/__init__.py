@@ -2,6 +2,8 @@
 
 * :mod:`repzoo.integrations.timm` — repzoo models in timm's registry (``repzoo_`` prefix);
 * :mod:`repzoo.integrations.export` — ONNX / TorchScript / ``torch.export`` of deploy models, checked;
+* :mod:`repzoo.integrations.quantize` — post-training int8 of deploy models (``torch.ao`` FX graph mode, x86),
+  the fp32 → int8 output drift, and the kernel and activation ranges that decide it;
 * :mod:`repzoo.integrations.mmdet` — registers ``RepZooBackbone`` in mmdetection's ``MODELS``;
 * :mod:`repzoo.integrations.mmseg` — the same for mmsegmentation;
 * :mod:`repzoo.integrations.openmmlab` — the backbone itself (independent of which registry),
