@@ -44,10 +44,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import repzoo  # noqa: E402
-from repzoo.bench import machine  # noqa: E402
+from repzoo.bench import interleaved_images_per_second, machine  # noqa: E402
 from repzoo.integrations.quantize import (  # noqa: E402
-    activation_ranges, int8_layers, int8_weights_only, kernel_ranges, output_drift, quantize_int8, range_spread,
-    weight_quant_error)
+    activation_ranges, int8_layers, int8_weights_only, kernel_ranges, logits, output_drift, quantize_int8,
+    range_spread, weight_quant_error)
 
 DEFAULT_MODELS = "RepVGG-A0,RepVGG-B1,RepOpt-VGG-B1"
 GHOSTNET = "RepOpt-GhostNet-0.5x"
@@ -167,32 +167,9 @@ def fit_head(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, class
 # --------------------------------------------------------------------------- measurements
 
 
-@torch.no_grad()
-def logits(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The model's float32 outputs on ``images``, in batches (the input cast to a float model's dtype)."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return torch.cat([model(b.to(dtype)).float() for b in images.split(batch_size)])
-
-
 def _subset(images: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` images spread over the classes (the splits are ordered by class)."""
     return images[:: max(1, len(images) // n)][:n]
-
-
-@torch.no_grad()
-def images_per_second(models, x: torch.Tensor, repeats: int, warmup: int):
-    """Images/s of each model on ``x``, runs interleaved (one of each per repetition) so that the machine's
-    drift falls on all alike; medians of ``repeats`` after ``warmup`` runs."""
-    times = [[] for _ in models]
-    for m in models:
-        for _ in range(warmup):
-            m(x)
-    for _ in range(repeats):
-        for m, record in zip(models, times):
-            t = time.perf_counter()
-            m(x)
-            record.append(time.perf_counter() - t)
-    return [x.shape[0] / statistics.median(record) for record in times]
 
 
 def _range_summary(model: nn.Module) -> dict:
@@ -252,7 +229,7 @@ def measure(name: str, args, data: dict, log) -> tuple:
         res["per_tensor_weights"] = dict(calibration=output_drift(ref["calibration"], logits(pt, cal_x, bs)))
         del pt
     x = torch.randn(bs, 3, args.speed_size, args.speed_size, generator=torch.Generator().manual_seed(1))
-    fp32_ips, int8_ips = images_per_second([fp32, int8], x, args.repeats, args.warmup)
+    fp32_ips, int8_ips = interleaved_images_per_second([fp32, int8], x, args.repeats, args.warmup)
     res["speed"] = dict(image_size=args.speed_size, batch_size=bs, fp32_images_per_s=fp32_ips,
                         int8_images_per_s=int8_ips, speedup=int8_ips / fp32_ips)
     summary, ranges = _range_summary(fp32)
@@ -322,7 +299,7 @@ def half_precision_check(name: str, args, data: dict, log) -> dict:
         res["accuracy"] = {k: (z.argmax(1) == labels).double().mean().item()
                            for k, z in (("fp32", ref), ("half", out16), ("int8", out8))}
     x = torch.randn(bs, 3, args.speed_size, args.speed_size, generator=torch.Generator().manual_seed(1))
-    fp32_ips, int8_ips = images_per_second([fp32, int8], x, args.repeats, args.warmup)
+    fp32_ips, int8_ips = interleaved_images_per_second([fp32, int8], x, args.repeats, args.warmup)
     res["speed"] = dict(image_size=args.speed_size, batch_size=bs, fp32_images_per_s=fp32_ips,
                         int8_images_per_s=int8_ips, speedup=int8_ips / fp32_ips)
     h, q = res["half"]["calibration"], res["int8"]["calibration"]

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["machine", "peak_memory", "train_step_fn", "train_step_cost", "run_bench", "markdown", "plot"]
+__all__ = ["machine", "interleaved_images_per_second", "peak_memory", "train_step_fn", "train_step_cost", "run_bench", "markdown", "plot"]
 
 #: repzoo name -> timm's name of the same architecture, where timm has its own (reparameterizable) twin
 TIMM_TWINS = {**{f"RepVGG-{v}": f"repvgg_{v.lower()}" for v in "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()},
@@ -108,7 +108,8 @@ def _prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, channel
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _inference(models: Sequence[nn.Module], x: torch.Tensor, repeats: int, warmup: int) -> List[float]:
+def interleaved_images_per_second(models: Sequence[nn.Module], x: torch.Tensor, repeats: int = 5,
+                                  warmup: int = 2) -> List[float]:
     """Images/s of each model on ``x``: their runs interleaved (one of each per repetition), so that the
     machine's drift falls on all of them alike; medians."""
     sync = _sync(x.device)
@@ -295,7 +296,7 @@ def run_bench(models: Sequence[str], *, device: str = "cpu", batch_size: int = 8
         row["convert_seconds"] = time.perf_counter() - t
         bar.update(1)
         twin = _timm_twin(name, dev, dtype, channels_last)
-        speeds = _inference([model, deploy] + ([twin] if twin is not None else []), x, repeats, warmup)
+        speeds = interleaved_images_per_second([model, deploy] + ([twin] if twin is not None else []), x, repeats, warmup)
         row["train_form_images_per_s"], row["deploy_images_per_s"] = speeds[:2]
         row["deploy_speedup"] = row["deploy_images_per_s"] / row["train_form_images_per_s"]
         if twin is not None:

@@ -27,7 +27,7 @@ from ..errors import RepZooError
 from ..reparam import is_deploy, reparameterize
 
 __all__ = ["quantize_int8", "calibration_batches", "int8_layers", "kernel_ranges", "range_spread",
-           "weight_quant_error", "int8_weights_only", "activation_ranges", "output_drift"]
+           "weight_quant_error", "int8_weights_only", "activation_ranges", "logits", "output_drift"]
 
 Calibration = Union[torch.Tensor, Iterable[torch.Tensor]]
 Outputs = Union[nn.Module, Callable, torch.Tensor]  # a model, or its logits
@@ -234,11 +234,9 @@ def activation_ranges(model: nn.Module, calibration: Calibration, percentile: fl
     return out
 
 
-def _logits(model: Outputs, images: Optional[torch.Tensor], batch_size: int):
-    if isinstance(model, torch.Tensor):
-        return model.detach().float()
-    if images is None:
-        raise RepZooError("output_drift needs images when a model (not its logits) is passed")
+def logits(model: Union[nn.Module, Callable], images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """``model``'s float32 outputs on ``images``, in batches of ``batch_size``, without gradients; a module runs
+    in eval mode (its mode is restored after) on the input cast to its float dtype (a ``.half()`` copy works)."""
     module = model if isinstance(model, nn.Module) else None
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None) if module else None
     training = module.training if module else False
@@ -250,6 +248,14 @@ def _logits(model: Outputs, images: Optional[torch.Tensor], batch_size: int):
     finally:
         if module:
             module.train(training)
+
+
+def _logits(model: Outputs, images: Optional[torch.Tensor], batch_size: int):
+    if isinstance(model, torch.Tensor):
+        return model.detach().float()
+    if images is None:
+        raise RepZooError("output_drift needs images when a model (not its logits) is passed")
+    return logits(model, images, batch_size)
 
 
 def output_drift(reference: Outputs, quantized: Outputs, images: Optional[torch.Tensor] = None,
