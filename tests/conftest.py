@@ -10,6 +10,7 @@ import lzma
 import os
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +46,18 @@ GHOST_SCALES = SCALES_DIR / "RepOptGhostNet_0_5x_scales.pth"
 
 # --------------------------------------------------------------------------- the repository stands alone
 
-_OUTSIDE = (REPO_ROOT.parent / "shared").resolve()
+#: A test reads only what the repository holds: nothing in a folder beside it (a team's checkouts keep
+#: reference material there, which a user's clone does not have). The interpreter, its packages, the
+#: temporary folder and the user's home stay readable wherever they are.
+_BESIDE = REPO_ROOT.parent.resolve()
+_READABLE = tuple({Path(p).resolve() for p in (REPO_ROOT, sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                               tempfile.gettempdir(), Path.home())})
+
+
+def _outside_the_repository(resolved: Path) -> bool:
+    if len(_BESIDE.parts) < 2 or _BESIDE not in resolved.parents:  # a clone at the root: nothing is "beside"
+        return False
+    return not any(root == resolved or root in resolved.parents or resolved in root.parents for root in _READABLE)
 
 
 def _audit(event: str, args) -> None:
@@ -55,8 +67,9 @@ def _audit(event: str, args) -> None:
             resolved = Path(path).resolve()
         except (OSError, RuntimeError):
             return
-        if resolved == _OUTSIDE or _OUTSIDE in resolved.parents:
-            raise PermissionError(f"a test opened {path}: the repository must not read ../shared")
+        if _outside_the_repository(resolved):
+            raise PermissionError(f"a test opened {path}, beside the repository: tests read only what the "
+                                  "repository holds")
 
 
 sys.addaudithook(_audit)
