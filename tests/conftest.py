@@ -50,11 +50,14 @@ GHOST_SCALES = SCALES_DIR / "RepOptGhostNet_0_5x_scales.pth"
 #: reference material there, which a user's clone does not have). The interpreter, its packages, the
 #: temporary folder and the user's home stay readable wherever they are.
 _BESIDE = REPO_ROOT.parent.resolve()
-_READABLE = tuple({Path(p).resolve() for p in (REPO_ROOT, sys.prefix, sys.base_prefix, sys.exec_prefix,
-                                               tempfile.gettempdir(), Path.home())})
+# a readable place above the folder holding the clone (/tmp for /tmp/x/repzoo) does not make its siblings
+# readable; a clone right in /tmp or ~ has only readable places beside it
+_PLACES = (REPO_ROOT, sys.prefix, sys.base_prefix, sys.exec_prefix, tempfile.gettempdir(), Path.home())
+_READABLE = tuple({root for root in map(Path.resolve, map(Path, _PLACES)) if root not in _BESIDE.parents})
 
 
-def _outside_the_repository(resolved: Path) -> bool:
+def beside_the_repository(resolved: Path) -> bool:
+    """Whether ``resolved`` lies in a folder beside the repository (and in none of the readable places)."""
     if len(_BESIDE.parts) < 2 or _BESIDE not in resolved.parents:  # a clone at the root: nothing is "beside"
         return False
     return not any(root == resolved or root in resolved.parents or resolved in root.parents for root in _READABLE)
@@ -67,7 +70,7 @@ def _audit(event: str, args) -> None:
             resolved = Path(path).resolve()
         except (OSError, RuntimeError):
             return
-        if _outside_the_repository(resolved):
+        if beside_the_repository(resolved):
             raise PermissionError(f"a test opened {path}, beside the repository: tests read only what the "
                                   "repository holds")
 

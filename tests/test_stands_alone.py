@@ -1,14 +1,27 @@
 """The suite reads only what the repository holds: the audit hook in conftest.py refuses anything beside it."""
+import sys
+from pathlib import Path
+
 import pytest
 
-from conftest import REPO_ROOT
+import conftest
 
 
-def test_a_file_beside_the_repository_cannot_be_opened(tmp_path):
-    beside = REPO_ROOT.parent / "another-checkout" / "reference.md"
+def test_a_file_beside_the_repository_cannot_be_opened(tmp_path, monkeypatch):
+    """Wherever this clone lives: a layout like a team's (a checkout with reference material beside it)."""
+    work = tmp_path / "work"
+    repo, sibling = work / "main", work / "shared" / "reference.md"
+    monkeypatch.setattr(conftest, "_BESIDE", work.resolve())
+    monkeypatch.setattr(conftest, "_READABLE", (repo.resolve(), Path(sys.prefix).resolve()))
     with pytest.raises(PermissionError, match="beside the repository"):
-        open(beside)  # refused before the file system is asked: whether it exists does not matter
-    assert (REPO_ROOT / "pyproject.toml").read_text()  # the repository itself,
-    (tmp_path / "x").write_text("ok")  # the temporary folder,
-    assert (tmp_path / "x").read_text() == "ok"
-    assert pytest.__file__ and open(pytest.__file__).read()  # and the installed packages stay readable
+        conftest._audit("open", (str(sibling), "r", 0))  # refused before the file system is asked
+    for readable in (repo / "pyproject.toml", Path(sys.prefix) / "lib", Path(pytest.__file__)):
+        conftest._audit("open", (str(readable), "r", 0))  # the repository, the interpreter, other folders
+
+
+def test_the_hook_is_installed():
+    beside = conftest._BESIDE / "another-checkout" / "reference.md"
+    if not conftest.beside_the_repository(beside.resolve()):
+        pytest.skip(f"this clone lies in a readable place ({conftest._BESIDE}): nothing beside it can be told apart")
+    with pytest.raises(PermissionError, match="beside the repository"):
+        open(beside)
