@@ -178,7 +178,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     report = export(model, output, format=args.format, input_size=size, batch_size=args.batch_size)
     print(report)
     if args.deploy and report.conv_nodes is not None and report.conv_nodes != report.conv_layers:
-        os.remove(output)
+        for written in report.files:
+            os.remove(written)
         raise RepZooError(f"the exported graph has {report.conv_nodes} convolutions for {report.conv_layers} layers")
     return 0
 

@@ -1,4 +1,6 @@
 """Export: ONNX (checked with onnxruntime), TorchScript and torch.export files compute what the model does."""
+import shutil
+
 import pytest
 import torch
 
@@ -77,3 +79,64 @@ def test_unknown_format_and_a_wrong_file_are_refused(tmp_path, a0, monkeypatch):
     with pytest.raises(RepZooError, match="does not compute what the model does"):
         repzoo.export(a0, tmp_path / "bad.pt", format="torchscript", input_size=(3, 64, 64))
     assert list(tmp_path.iterdir()) == []  # nothing kept
+
+
+def _run_alone(path, fmt, x):
+    """Run an exported file with its format's own runtime, without repzoo."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))(x)
+    return torch.export.load(str(path)).module()(x)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("exported", ".pt2")])
+def test_every_format_is_one_file_that_runs_when_copied_alone(tmp_path, a0, fmt, suffix, capsys):
+    """The file the command names is the whole model: copied alone into another folder, it runs."""
+    ckpt = tmp_path / "a0.pth"
+    torch.save({"model": a0.state_dict()}, ckpt)
+    out_dir, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out_dir.mkdir(), elsewhere.mkdir()
+    out = out_dir / f"a0{suffix}"
+    assert main(["export", "RepVGG-A0", "--deploy", "--checkpoint", str(ckpt), "--num-classes", "10",
+                 "--format", fmt, "--image-size", "64", "--output", str(out)]) == 0
+    assert "one self-contained file" in capsys.readouterr().out
+    assert sorted(p.name for p in out_dir.iterdir()) == [out.name]  # no hidden or companion file beside it
+    copy = shutil.copy(out, elsewhere / "model_copy")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got, ref = _run_alone(copy, fmt, x), a0(x)
+    assert ((got - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_onnx_weights_over_the_protobuf_limit_go_to_a_visible_companion_file(tmp_path, a0, monkeypatch):
+    """Past the limit (lowered here to 0 bytes), the weights are ``<name>.onnx.data``: named in the report,
+    written with the graph, and the pair runs from another folder; a later self-contained export of the same
+    name removes the stale companion."""
+    import onnx
+
+    import repzoo.integrations.export as ex
+
+    monkeypatch.setattr(ex, "ONNX_INLINE_LIMIT", 0)
+    deploy = repzoo.reparameterize(repzoo.create_model("RepVGG-A0", num_classes=10, checkpoint_path=a0.state_dict()))
+    report = repzoo.export(deploy, tmp_path / "big.onnx", input_size=(3, 64, 64))
+    data = tmp_path / "big.onnx.data"
+    assert report.files == (tmp_path / "big.onnx", data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]  # nothing hidden
+    assert str(data) in str(report) and "keep the files together" in str(report)
+    locations = {e.value for t in onnx.load(str(tmp_path / "big.onnx"), load_external_data=False).graph.initializer
+                 for e in t.external_data if e.key == "location"}
+    assert locations == {"big.onnx.data"}  # a relative name, not the staging folder's
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(tmp_path / "big.onnx", moved), shutil.copy(data, moved)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got, ref = _run_alone(moved / "big.onnx", "onnx", x), a0(x)
+    assert ((got - ref).abs().max() / ref.abs().max()) < 1e-5
+    monkeypatch.setattr(ex, "ONNX_INLINE_LIMIT", 2**31)
+    report = repzoo.export(deploy, tmp_path / "big.onnx", input_size=(3, 64, 64))
+    assert report.files == (tmp_path / "big.onnx",) and not data.exists()

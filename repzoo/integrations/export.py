@@ -7,11 +7,19 @@ Before it is kept, the file is loaded back — ONNX with onnxruntime — and run
 size than the one it was exported with; the outputs must match PyTorch's to a relative error of
 ``rtol`` (1e-5, fp32). The report counts the graph's convolutions against the model's: a deploy
 model's graph has one per conv layer and no BatchNorm, so no branch is left.
+
+Every format is one self-contained file that can be copied alone. The one exception is an ONNX model
+whose weights do not fit protobuf's 2 GB limit: its weights then go to a visible ``<name>.onnx.data``
+beside it (named in the report), and the two are written together: nothing is moved into place before
+both are checked.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -20,12 +28,16 @@ from torch import nn
 
 from ..errors import RepZooError
 from ..reparam import is_deploy
-from ..weights.files import atomic_path
+from ..weights.files import storage_error, umask
 
-__all__ = ["FORMATS", "ExportReport", "export"]
+__all__ = ["FORMATS", "ONNX_INLINE_LIMIT", "ExportReport", "export"]
 
 #: format -> the file suffix it is written with by default.
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
+
+#: Weights up to this many bytes are stored inside the ``.onnx`` file (protobuf caps a message at 2 GiB;
+#: the margin leaves room for the graph); larger ones go to ``<name>.onnx.data`` beside it.
+ONNX_INLINE_LIMIT = 2**31 - 2**26
 
 
 @dataclass(frozen=True)
@@ -41,13 +53,18 @@ class ExportReport:
     conv_layers: int
     norm_nodes: Optional[int]
     deploy: bool
+    #: every file written: ``(path,)``, or ``(path, path + ".data")`` for an ONNX model over 2 GB
+    files: tuple = ()
 
     def __str__(self) -> str:
         graph = (f"{self.conv_nodes} conv nodes for {self.conv_layers} conv layers, {self.norm_nodes} norm nodes"
                  if self.conv_nodes is not None else f"{self.conv_layers} conv layers")
         shapes = ", ".join("x".join(map(str, s)) for s in self.checked_shapes)
-        return (f"wrote {self.path} ({self.format}, {'deploy' if self.deploy else 'train-time'} form; {graph}); "
-                f"checked on inputs {shapes}: max relative error {self.max_rel_error:.1e}")
+        extra = [f for f in self.files if f != self.path]
+        form = f"{self.format}, {'deploy' if self.deploy else 'train-time'} form"
+        where = (f"{self.path} and its weights {', '.join(map(str, extra))} ({form}; the weights are over 2 GB: "
+                 "keep the files together in one folder)") if extra else f"{self.path} ({form}, one self-contained file)"
+        return f"wrote {where}; {graph}; checked on inputs {shapes}: max relative error {self.max_rel_error:.1e}"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,8 +83,10 @@ def _needs(module: str, extra: str):
 def _export_onnx(model: nn.Module, x: torch.Tensor, path: pathlib.Path, dims: dict, opset: Optional[int]):
     _needs("onnxscript", "export")
     onnx = _needs("onnx", "export")
+    weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"], output_names=["output"],
-                      dynamic_shapes={"x": dims}, opset_version=opset, verbose=False)
+                      dynamic_shapes={"x": dims}, opset_version=opset, verbose=False,
+                      external_data=weight_bytes > ONNX_INLINE_LIMIT)
     ort = _needs("onnxruntime", "export")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -136,20 +155,51 @@ def export(model: nn.Module, path: Union[str, os.PathLike], format: str = "onnx"
     checks = [torch.randn(batch_size + 1, *size, generator=g)]
     if spatial:
         checks.append(torch.randn(1, size[0], size[1] + 32, size[2] + 64, generator=g))
-    with atomic_path(path, f"the exported model {path.name}") as tmp, torch.no_grad():
-        tmp_file = tmp.with_suffix(FORMATS[format])  # exporters look at the suffix
-        try:
-            run, conv_nodes, norm_nodes = _EXPORTERS[format](model, x, tmp_file, dims, opset)
-            worst = max(_rel(_out(run(c)), _out(model(c))) for c in [x] + checks)
-        finally:
-            if tmp_file.exists():
-                os.replace(tmp_file, tmp)
+    with _staged(path) as staged, torch.no_grad():
+        run, conv_nodes, norm_nodes = _EXPORTERS[format](model, x, staged, dims, opset)
+        worst = max(_rel(_out(run(c)), _out(model(c))) for c in [x] + checks)
+        del run  # an onnxruntime session keeps its files open
         if not worst <= rtol:
             raise RepZooError(f"The {format} export does not compute what the model does (max relative error "
                               f"{worst:.2e} > {rtol:g}); nothing was kept. Please report it.")
+    files = (path,) + tuple(path.parent / f.name for f in _companions(path))
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     return ExportReport(path, format, tuple(x.shape), tuple(tuple(c.shape) for c in [x] + checks), worst,
-                        conv_nodes, convs, norm_nodes, is_deploy(model))
+                        conv_nodes, convs, norm_nodes, is_deploy(model), files)
+
+
+def _companions(path: pathlib.Path) -> list:
+    """The files an export keeps beside ``path``: ONNX's external weights, when there are any."""
+    data = path.with_name(path.name + ".data")
+    return [data] if data.is_file() else []
+
+
+@contextlib.contextmanager
+def _staged(path: pathlib.Path):
+    """Yield ``<hidden folder beside path>/<path.name>``; on success, move what was written there into place
+    (``path`` last, after its companion files; a stale companion of an earlier export is removed); on failure,
+    remove it all. The files keep their final names while they are written, so the references inside them
+    (ONNX's external-data location) are the ones they keep."""
+    try:
+        folder = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise storage_error(err, path.parent, f"the exported model {path.name}") from None
+    staged = folder / path.name
+    try:
+        yield staged
+        if not staged.is_file():
+            raise RepZooError(f"The exporter wrote no file for {path.name}. Please report it.")
+        written = {f.name for f in folder.iterdir()}
+        stale = path.with_name(path.name + ".data")
+        if stale.name not in written and stale.is_file():
+            stale.unlink()
+        for name in sorted(written - {path.name}) + [path.name]:
+            os.chmod(folder / name, 0o666 & ~umask())
+            os.replace(folder / name, path.parent / name)
+    except OSError as err:
+        raise storage_error(err, path.parent, f"the exported model {path.name}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _out(y) -> torch.Tensor:
