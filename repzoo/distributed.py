@@ -38,7 +38,7 @@ def shard_units(model: nn.Module, per_block: bool = False) -> List[nn.Module]:
 def shard(model: nn.Module, *, mesh: Any = None, per_block: bool = False, **fsdp_kwargs) -> nn.Module:
     """``fully_shard`` each stage (or block) of ``model``, then ``model`` itself; returns ``model``.
 
-    ``fsdp_kwargs`` go to :func:`torch.distributed.fsdp.fully_shard` (``reshard_after_forward``,
+    ``fsdp_kwargs`` go to ``torch.distributed.fsdp.fully_shard`` (``reshard_after_forward``,
     ``mp_policy`` …). Call it after ``torch.distributed.init_process_group``.
     """
     from torch.distributed.fsdp import fully_shard

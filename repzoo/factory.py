@@ -32,7 +32,7 @@ def create_model(
     tag: Optional[str] = None,
     scales: Optional[ScaleSource] = None,
     pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model, optionally with weights, in its train-time or deploy form.
 
@@ -47,7 +47,7 @@ def create_model(
             have another, the head is reset (with a warning) and the rest is loaded.
         features_only: return the stage feature maps (timm's ``FeatureListNet``);
             ``out_indices`` picks the stages (default: all; negative counts from the end).
-        scales: the constant scales of a ``-csla`` model (anything :func:`repzoo.optim.load_scales`
+        scales: the constant scales of a ``-csla`` model (anything [load_scales][repzoo.optim.load_scales]
             takes; default: the released scales of its architecture).
         pretrained_cfg_overlay: entries that replace those of ``model.pretrained_cfg``.
         **kwargs: passed to the model (``in_chans``, ``drop_rate``, …).

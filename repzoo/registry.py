@@ -124,7 +124,8 @@ def resolve_name(name: str) -> Tuple[ModelEntry, Optional[str]]:
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    """The entry of ``name`` in any spelling; :class:`UnknownModelError` lists the closest names."""
+    """The entry of ``name`` in any spelling; [UnknownModelError][repzoo.errors.UnknownModelError] lists the
+    closest names."""
     return resolve_name(name)[0]
 
 

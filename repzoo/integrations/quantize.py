@@ -87,7 +87,8 @@ def quantize_int8(model: nn.Module, calibration: Calibration, backend: str = "x8
         model: a repzoo model in either form; a train-form model is converted on a copy
             (the argument itself is never changed).
         calibration: representative images, a tensor ``(N, C, H, W)`` or an iterable of batches
-            (see :func:`calibration_batches`); every batch runs through the observers once.
+            (see [calibration_batches][repzoo.integrations.quantize.calibration_batches]); every batch runs through
+            the observers once.
         backend: the quantized engine (``"x86"``; ``torch.backends.quantized.engine`` is set to it,
             and the returned model must run under it).
         per_channel: per-output-channel weight scales (the x86 default); ``False`` uses one scale per
@@ -124,7 +125,8 @@ def quantize_int8(model: nn.Module, calibration: Calibration, backend: str = "x8
 
 
 def int8_layers(model: nn.Module) -> Dict[str, torch.dtype]:
-    """``{name: weight dtype}`` of the quantized convs and linears of a model returned by :func:`quantize_int8`."""
+    """``{name: weight dtype}`` of the quantized convs and linears of a model returned by
+    [quantize_int8][repzoo.integrations.quantize.quantize_int8]."""
     import torch.ao.nn.quantized as nnq
 
     kinds = (nnq.modules.conv._ConvNd, nnq.Linear)

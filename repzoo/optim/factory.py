@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 from torch import nn
 
@@ -22,21 +22,21 @@ _WEIGHT_DECAY = {"RepOpt-VGG": 4e-5, "RepOpt-GhostNet": 1e-5}
 
 
 def create_repoptimizer(model: nn.Module, scales: ScaleSource, optimizer: str = "sgd", reinit: bool = True,
-                        *, weight_decay: Optional[float] = None, **optimizer_kwargs) -> RepOptimizer:
+                        *, weight_decay: Optional[float] = None, **optimizer_kwargs: Any) -> RepOptimizer:
     """A RepOptimizer for a RepOpt target model, from Hyper-Search scales.
 
     Args:
         model: the target (plain) model, e.g. ``create_model("RepOpt-VGG-B1")``; its kernels are
             matched to the scales by name (``<blk>.conv.weight``, ``<mod>.cheap_operation.0.weight``).
-        scales: anything :func:`repzoo.optim.load_scales` takes (a scale file, an hs checkpoint, a
+        scales: anything [load_scales][repzoo.optim.load_scales] takes (a scale file, an hs checkpoint, a
             trained hs model, a model name, a scale dict).
         optimizer: ``"sgd"`` (multipliers ``s²``) or ``"adamw"`` (multipliers ``|s|``-style, ``s¹``).
         reinit: apply the Rule of Initialization (training from scratch; refused when a BN
             gamma is not 1, i.e. for a trained model: pass ``reinit=False`` to fine-tune).
         weight_decay: decay of the reference's decay group (default: 4e-5 VGG / 1e-5 GhostNet for
             SGD, 1e-2 for AdamW); 1-D parameters and biases never decay, ``*identity.weight`` always.
-        **optimizer_kwargs: passed to :class:`RepOptimizerSGD` (default ``lr=0.1, momentum=0.9,
-            nesterov=True``) or :class:`RepOptimizerAdamW`.
+        **optimizer_kwargs: passed to [RepOptimizerSGD][repzoo.optim.RepOptimizerSGD] (default ``lr=0.1, momentum=0.9,
+            nesterov=True``) or [RepOptimizerAdamW][repzoo.optim.RepOptimizerAdamW].
 
     The handler is kept as ``optimizer.handler``.
     """

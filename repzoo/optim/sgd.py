@@ -1,7 +1,7 @@
 """RepOptimizer SGD: SGD on ``g ⊙ M``, vectorized with foreach ops."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -29,13 +29,18 @@ class RepOptimizerSGD(RepOptimizer):
 
     Args:
         params: parameters or parameter groups.
-        lr, momentum (μ), dampening (τ), weight_decay (λ), nesterov, maximize: as ``torch.optim.SGD``.
+        lr: the learning rate, as ``torch.optim.SGD``'s.
+        momentum: μ above, as ``torch.optim.SGD``'s.
+        dampening: τ above, as ``torch.optim.SGD``'s.
+        weight_decay: λ above, as ``torch.optim.SGD``'s.
+        nesterov: Nesterov momentum, as ``torch.optim.SGD``'s.
+        maximize: maximize the objective, as ``torch.optim.SGD``'s.
         fused: with momentum, run decay + momentum + update as torch's fused SGD kernel on
             ``g ⊙ M`` (one pass instead of five; ``None``: wherever torch has the kernel).
-        grad_mults: ``{parameter: multiplier}`` (see :func:`repzoo.optim.create_repoptimizer`).
+        grad_mults: ``{parameter: multiplier}`` (see [create_repoptimizer][repzoo.optim.create_repoptimizer]).
     """
 
-    def __init__(self, params, lr: float = 0.1, momentum: float = 0.0, dampening: float = 0.0,
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
                  fused: Optional[bool] = None, grad_mults: Optional[GradMults] = None):
         if nesterov and (momentum <= 0 or dampening != 0):

@@ -24,8 +24,8 @@ class ReparamBlock(nn.Module):
     * ``_build_train()`` — create the train-time branches (on the current default device);
     * ``_build_deploy()`` — create the deploy modules;
     * ``fuse_state_dict(sd)`` — the train-time tensors of those branches (keys relative to the
-      block) to the deploy tensors, with the math of :mod:`repzoo.reparam.fuse`. This is the
-      only place a block's conversion lives: :meth:`reparameterize` and checkpoint conversion
+      block) to the deploy tensors, with the math of ``repzoo.reparam.fuse``. This is the
+      only place a block's conversion lives: ``reparameterize`` and checkpoint conversion
       both call it.
 
     What ``_build_train`` creates are the block's *train-form* entries; what ``_build_deploy``
@@ -70,7 +70,7 @@ class ReparamBlock(nn.Module):
     def reparameterize(self) -> "ReparamBlock":
         """Convert this block to its deploy form, in place. Calling it again does nothing.
 
-        Nested blocks are converted by :func:`repzoo.reparameterize` (children first), not here.
+        Nested blocks are converted by [reparameterize][repzoo.reparam.reparameterize] (children first), not here.
         """
         if self.deploy:
             return self

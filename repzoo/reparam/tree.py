@@ -132,7 +132,7 @@ def convert_state_dict(model: nn.Module, train_sd: Mapping[str, torch.Tensor]) -
     form) knows its configuration and converts its own train-time tensors (in the block's dtype when
     that is wider than the checkpoint's). Keys of train-only modules are dropped; shared tensors pass
     through unchanged. Raises
-    :class:`~repzoo.errors.IncompatibleCheckpointError` when a block's tensors are missing.
+    [IncompatibleCheckpointError][repzoo.errors.IncompatibleCheckpointError] when a block's tensors are missing.
     """
     out: StateDict = dict(train_sd)
     for name, block in reparam_blocks(model):

@@ -212,7 +212,7 @@ def read_state_dict(source: PathOrStateDict, *, checkpoint_key: Optional[str] = 
     """A state dict from a path (any supported format) or an in-memory checkpoint.
 
     ``max_bytes`` (the model's own state size) bounds, with the file's size, what reading may
-    allocate; ``checkpoint_key`` and ``strict`` are :func:`unwrap_state_dict`'s.
+    allocate; ``checkpoint_key`` and ``strict`` are ``unwrap_state_dict``'s.
     """
     obj = source if isinstance(source, Mapping) else _read_file(os.fspath(source), max_bytes)
     tensors = unwrap_state_dict(obj, checkpoint_key, strict)

@@ -328,7 +328,7 @@ def fetch(
         progress: show a progress bar (default: on unless ``REPZOO_PROGRESS=0``).
         hint: extra text for the error message when nothing works (e.g. a Baidu link and code).
         validate: called on a file about to be trusted on first use (no hash known yet); raises a
-            :class:`RepZooError` to refuse it.
+            [RepZooError][repzoo.errors.RepZooError] to refuse it.
 
     Raises:
         ChecksumError: every source failed and at least one delivered the wrong bytes.

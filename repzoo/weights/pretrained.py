@@ -289,8 +289,9 @@ def load_pretrained_state_dict(name: str, tag: Optional[str] = None, deploy: boo
     """The released weights of ``name`` (``tag``: default the first) as an official-key state dict.
 
     ``deploy=True`` gives the converted (deploy) state dict, from the deploy cache when it is
-    there. Raises :class:`WeightsUnavailableError` / :class:`ChecksumError` (with every source
-    tried and how to get the file by hand) or a :class:`RepZooError` for an unknown tag.
+    there. Raises [WeightsUnavailableError][repzoo.errors.WeightsUnavailableError] /
+    [ChecksumError][repzoo.errors.ChecksumError] (with every source
+    tried and how to get the file by hand) or a [RepZooError][repzoo.errors.RepZooError] for an unknown tag.
     """
     return _load(name, tag, deploy, progress)[0]
 

@@ -102,12 +102,12 @@ def load_scales(source: ScaleSource) -> Scales:
 
     ``source`` is one of:
 
-    * a scale file (``RepOpt-VGG-B1-scales.pth``, or one written by :func:`save_scales`);
+    * a scale file (``RepOpt-VGG-B1-scales.pth``, or one written by [save_scales][repzoo.optim.save_scales]);
     * a Hyper-Search checkpoint (``{'model': state_dict, ...}`` as the authors' training
       script saves it; its 100-class head ``linear.*`` and every non-scale tensor are dropped);
     * an in-memory state dict or scale dict;
-    * a trained hs model (:func:`extract_scales`);
-    * a model name (``"RepOpt-VGG-B1"``): the released scale file (:func:`released_scales`).
+    * a trained hs model ([extract_scales][repzoo.optim.extract_scales]);
+    * a model name (``"RepOpt-VGG-B1"``): the released scale file (``released_scales``).
     """
     if isinstance(source, nn.Module):
         return extract_scales(source)
@@ -145,7 +145,7 @@ def save_scales(scales: Union[Mapping[str, torch.Tensor], nn.Module], path: Unio
     """Write a scale file (safetensors for ``.safetensors``, else ``torch.save``), atomically.
 
     ``scales`` is a scale dict or an hs model (its scales are extracted). The file loads
-    with :func:`load_scales` and with ``torch.load(path, weights_only=True)``.
+    with [load_scales][repzoo.optim.load_scales] and with ``torch.load(path, weights_only=True)``.
     """
     data = extract_scales(scales) if isinstance(scales, nn.Module) else _select(scales, "the scale dict")
     if not isinstance(scales, nn.Module) and len(data) != len(scales):
