@@ -1,7 +1,8 @@
 """What the zoo holds: names (with or without released weights), and what each variant is.
 
 The registry knows the architectures, the manifest the released files; this module joins them
-for :func:`list_models`, :func:`model_info`, the README table and the CLI.
+for [list_models][repzoo.catalog.list_models], [model_info][repzoo.catalog.model_info], the README's and
+the docs' model tables, and the CLI.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .registry import get_model_entry, model_names, name_alias
 from .weights import manifest
 from .weights.pretrained import pretrained_cfg
 
-__all__ = ["list_models", "model_info", "count_params", "count_macs", "pretrained_tags"]
+__all__ = ["list_models", "model_info", "count_params", "count_macs", "pretrained_tags", "weights_sources",
+           "model_table", "family_tables"]
 
 
 def pretrained_tags(name: str) -> List[str]:
@@ -76,3 +78,74 @@ def model_info(name: str) -> Dict[str, Any]:
         "hub_entry": name_alias(entry.name),
         "reported": dict(entry.reported),
     }
+
+
+# --------------------------------------------------------------------------- the README's and the docs' tables
+
+
+def weights_sources(name: str) -> str:
+    """Where a model's released files come from, in words: ``HF Hub (timm), Google Drive``; ``-`` for none."""
+    import urllib.parse
+
+    known = manifest.load_manifest()
+    if not known.tags(name):
+        return "-"
+    kinds = []
+    for rec in known.model(name).weights:
+        for f in rec.files:
+            for src in f.sources:
+                kinds.append({"hf": f"HF Hub ({src.location.split('/')[0]})", "gdrive": "Google Drive"}.get(
+                    src.kind, urllib.parse.urlsplit(src.location).hostname))
+            if not f.sources and f.manual:
+                kinds.append("by hand (" + " / ".join(sorted({m.site.split('-')[0] for m in f.manual})) + ")")
+    return ", ".join(dict.fromkeys(kinds))
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def model_table(names: List[str]) -> str:
+    """The README's model table: name, alias, family, parameters of both forms, pretrained tags."""
+    rows = ["| model | alias | family | params (train) | params (deploy) | pretrained |",
+            "|---|---|---|---:|---:|---|"]
+    for name in names:
+        entry = get_model_entry(name)
+        tags = ", ".join(pretrained_tags(name)) or "-"
+        rows.append(f"| {name} | `{entry.alias}` | {entry.family} | {_millions(count_params(name, False))} "
+                    f"| {_millions(count_params(name, True))} | {tags} |")
+    return "\n".join(rows)
+
+
+#: the order of the families in the docs (the order the papers came out, the zoo's own story); others follow
+FAMILY_ORDER = ("RepVGG", "RepVGGplus", "RepOpt-VGG", "RepGhostNet", "RepOpt-GhostNet", "OREPA", "RepMLPNet")
+
+
+def _family_rank(family: str) -> tuple:
+    return (FAMILY_ORDER.index(family), "") if family in FAMILY_ORDER else (len(FAMILY_ORDER), family)
+
+
+def family_tables(names: List[str]) -> str:
+    """The docs' model tables, one per family (a heading each, in the order the families first appear): the
+    parameters of both forms, multiply-accumulates of the deploy form at the evaluation size, that size, the
+    released top-1 (in parentheses: reported by the authors, no weights released) and where the weights come
+    from, families in ``FAMILY_ORDER``. Six columns, so that a table fits a 1400-px window; the rest is ``repzoo info NAME``."""
+    known = manifest.load_manifest()
+    families: Dict[str, List[str]] = {}
+    for name in names:
+        families.setdefault(get_model_entry(name).family, []).append(name)
+    parts = []
+    for family, members in sorted(families.items(), key=lambda kv: _family_rank(kv[0])):
+        rows = [f"### {family}", "",
+                "| model | params train → deploy | GMACs | input | top-1 | weights from |",
+                "|---|---:|---:|---:|---:|---|"]
+        for name in members:
+            entry = get_model_entry(name)
+            top1 = known.weights(name).top1 if known.tags(name) else None
+            shown = f"{top1:.2f}" if top1 is not None else (
+                f"({entry.reported['top1']:.2f})" if "top1" in entry.reported else "-")
+            rows.append(f"| {name} | {_millions(count_params(name, False))} → {_millions(count_params(name, True))} "
+                        f"| {count_macs(name) / 1e9:.2f} | {pretrained_cfg(name)['input_size'][1]} | {shown} "
+                        f"| {weights_sources(name)} |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)

@@ -6,79 +6,25 @@ import json
 import sys
 from typing import List, Optional
 
+from .cli_support import Parser, check_image_size, device, existing_file, non_negative_int, positive_int, run_command
 from .errors import RepZooError
 
 __all__ = ["main"]
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import list_models
+    from .catalog import family_tables, list_models, model_table
 
     names = list_models(args.pattern, pretrained=args.pretrained)
+    if not names:
+        which = " with released weights" if args.pretrained else ""
+        raise RepZooError(f"No model{which} matches {args.pattern!r}: patterns are shell wildcards "
+                          f"('RepVGG-B*', '*ghost*'); `repzoo list` shows every name.")
     if args.full:
-        print(full_model_table(names))
+        print(family_tables(names))
     else:
         print(model_table(names) if args.markdown else "\n".join(names))
     return 0
-
-
-def _sources(name: str) -> str:
-    """Where a model's released files come from, in words (for the docs' table)."""
-    import urllib.parse
-
-    from .weights.manifest import load_manifest
-
-    manifest = load_manifest()
-    if not manifest.tags(name):
-        return "-"
-    kinds = []
-    for rec in manifest.model(name).weights:
-        for f in rec.files:
-            for src in f.sources:
-                kinds.append({"hf": f"HF Hub ({src.location.split('/')[0]})", "gdrive": "Google Drive"}.get(
-                    src.kind, urllib.parse.urlsplit(src.location).hostname))
-            if not f.sources and f.manual:
-                kinds.append("by hand (" + " / ".join(sorted({m.site.split('-')[0] for m in f.manual})) + ")")
-    return ", ".join(dict.fromkeys(kinds))
-
-
-def full_model_table(names: List[str]) -> str:
-    """The docs' model table: family, parameters of both forms, multiply-accumulates at the evaluation size,
-    input size, released top-1 (in parentheses: reported by the authors, no weights released) and where the
-    weights come from."""
-    from .catalog import count_macs, count_params
-    from .registry import get_model_entry
-    from .weights.manifest import load_manifest
-    from .weights.pretrained import pretrained_cfg
-
-    manifest = load_manifest()
-    rows = ["| model | family | params (train) | params (deploy) | GMACs | input | top-1 | weights from |",
-            "|---|---|---:|---:|---:|---:|---:|---|"]
-    for name in names:
-        entry = get_model_entry(name)
-        top1 = manifest.weights(name).top1 if manifest.tags(name) else None
-        shown = f"{top1:.2f}" if top1 is not None else (
-            f"({entry.reported['top1']:.2f})" if "top1" in entry.reported else "-")
-        size = pretrained_cfg(name)["input_size"][1]
-        rows.append(f"| {name} | {entry.family} | {count_params(name, False) / 1e6:.2f}M | "
-                    f"{count_params(name, True) / 1e6:.2f}M | {count_macs(name) / 1e9:.2f} | {size} | "
-                    f"{shown} | {_sources(name)} |")
-    return "\n".join(rows)
-
-
-def model_table(names: List[str]) -> str:
-    """The README's model table: name, alias, family, parameters of both forms, pretrained tags."""
-    from .catalog import count_params, pretrained_tags
-    from .registry import get_model_entry
-
-    rows = ["| model | alias | family | params (train) | params (deploy) | pretrained |",
-            "|---|---|---|---:|---:|---|"]
-    for name in names:
-        entry = get_model_entry(name)
-        tags = ", ".join(pretrained_tags(name)) or "-"
-        rows.append(f"| {name} | `{entry.alias}` | {entry.family} | {count_params(name, False) / 1e6:.2f}M "
-                    f"| {count_params(name, True) / 1e6:.2f}M | {tags} |")
-    return "\n".join(rows)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -131,7 +77,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise RepZooError(f"{args.output} is the input checkpoint: write the deploy weights to another file.")
     name = get_model_entry(args.name).name
     state = read_state_dict(args.checkpoint, checkpoint_key=args.checkpoint_key)
-    num_classes = args.num_classes if args.num_classes is not None else _head_size(name, state)
+    _refuse_a_deploy_checkpoint(name, state, args.checkpoint)
+    num_classes = args.num_classes  # None: the checkpoint's own head
     train = create_model(name, checkpoint_path=state, num_classes=num_classes)
     x = torch.randn(2, train.in_chans, *train.pretrained_cfg["input_size"][1:])
     err = conversion_error(train, x)
@@ -143,20 +90,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _head_size(name: str, state) -> Optional[int]:
-    """The number of classes of the checkpoint's classifier (None when it has no head of this model's kind)."""
+def _refuse_a_deploy_checkpoint(name: str, state, path: str) -> None:
+    """`repzoo convert` of a file that is already in deploy form: say so, with what to do with it instead."""
     import torch
 
     from .registry import get_model_entry
     from .weights.adapters import adapt_state_dict, detect_key_style
+    from .weights.checkpoint import checkpoint_form
 
     with torch.device("meta"):
-        model = get_model_entry(name).builder()
-    state = adapt_state_dict(state, detect_key_style(state, name), name)
-    weight = getattr(model, "head_keys", lambda: [])()[:1]
-    if weight and weight[0] in state and state[weight[0]].dim() == 2:
-        return int(state[weight[0]].shape[0])
-    return None
+        model = get_model_entry(name).builder(deploy=True)
+    if checkpoint_form(model, adapt_state_dict(state, detect_key_style(state, name), name)) == "deploy":
+        raise RepZooError(f"{path} is already in deploy (converted) form: there is nothing to convert. Use it as "
+                          f"it is, e.g. `repzoo export {name} --deploy --checkpoint {path}`.")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -169,6 +115,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.pretrained and args.checkpoint:
         raise RepZooError("Pass --pretrained or --checkpoint, not both.")
     name = get_model_entry(args.name).name
+    check_image_size(name, args.image_size)
     model = create_model(name, pretrained=args.pretrained, checkpoint_path=args.checkpoint, deploy=args.deploy,
                          num_classes=args.num_classes)
     output = args.output or f"{name}{'-deploy' if args.deploy else ''}{FORMATS[args.format]}"
@@ -190,6 +137,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     names = [n for pattern in args.models.split(",") for n in (list_models(pattern) if any(c in pattern for c in "*?[")
                                                              else [pattern])]
+    if not names:
+        raise RepZooError(f"No model matches {args.models!r}: `repzoo list` shows every name.")
+    for name in names:
+        check_image_size(name, args.image_size)
     report = run_bench(names, device=args.device, batch_size=args.batch_size, image_size=args.image_size,
                        bf16=args.bf16, channels_last=args.channels_last, threads=args.threads, repeats=args.repeats,
                        train=not args.no_train, load=not args.no_load, progress=not args.quiet)
@@ -209,6 +160,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    check_image_size(args.name, args.image_size)
     run_demo(args.name, batch_size=args.batch_size, image_size=args.image_size)
     return 0
 
@@ -344,8 +296,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from .factory import create_model
 
-    if args.top_k < 1:
-        raise RepZooError(f"--top-k must be at least 1, not {args.top_k}.")
     from PIL import Image
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
@@ -379,14 +329,18 @@ def _read_image(path: str, transform, Image, warnings):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repzoo", description="Structurally re-parameterized networks.")
+    from .version import __version__
+
+    parser = Parser(prog="repzoo", description="Structurally re-parameterized networks.")
+    parser.add_argument("--version", action="version", version=f"repzoo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list model names")
     p.add_argument("pattern", nargs="?", help="shell-style wildcard, e.g. 'RepVGG-B*'")
     p.add_argument("--pretrained", action="store_true", help="only models with released weights")
     p.add_argument("--markdown", action="store_true", help="a table with parameters and pretrained tags")
-    p.add_argument("--full", action="store_true", help="the docs' table: also MACs, input size, top-1, sources")
+    p.add_argument("--full", action="store_true", help="the docs' tables, per family: also MACs, input size, top-1, "
+                   "sources")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="what a model is")
@@ -396,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a train-time checkpoint to the deploy form")
     p.add_argument("name")
-    p.add_argument("checkpoint", help="train-time checkpoint (.pth, .pth.tar, .safetensors)")
+    p.add_argument("checkpoint", type=existing_file, help="train-time checkpoint (.pth, .pth.tar, .safetensors)")
     p.add_argument("output", help="deploy weights: .safetensors or .pth")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=non_negative_int, default=None,
                    help="classifier size (default: the checkpoint's own, e.g. 100 for a Hyper-Search model)")
     p.add_argument("--checkpoint-key", default=None, help="the wrapper to read (model_ema, state_dict_ema, …)")
     p.set_defaults(func=_cmd_convert)
@@ -407,23 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--format", choices=["onnx", "torchscript", "exported"], default="onnx")
     p.add_argument("--deploy", action="store_true", help="export the converted (plain) form")
-    p.add_argument("--checkpoint", default=None, help="weights to export (any supported format)")
+    p.add_argument("--checkpoint", type=existing_file, default=None, help="weights to export (any supported format)")
     p.add_argument("--pretrained", action="store_true", help="the released weights")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=non_negative_int, default=None,
+                   help="classifier size (default: the checkpoint's own)")
     p.add_argument("--output", default=None, help="default: <name>[-deploy].onnx / .pt / .pt2")
-    p.add_argument("--image-size", type=int, default=None, help="example input size (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--image-size", type=positive_int, default=None, help="example input size (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int, default=2)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("bench", help="measure inference, training, conversion and warm loads of models")
     p.add_argument("--models", default="RepVGG-A0,RepVGG-B1,RepOpt-VGG-B1", help="comma-separated names or wildcards")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=None, help="default: each model's evaluation size")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps (one that exists here)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--image-size", type=positive_int, default=None, help="default: each model's evaluation size")
     p.add_argument("--bf16", action="store_true", help="bfloat16 weights and inputs (autocast for training)")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--no-train", action="store_true", help="skip the training-step measurements")
     p.add_argument("--no-load", action="store_true", help="skip the warm pretrained-load measurements")
     p.add_argument("--json", default=None, help="write the full report here")
@@ -434,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build, convert, verify and time a model (offline)")
     p.add_argument("name", nargs="?", default="RepVGG-A0")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--image-size", type=positive_int, default=None)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("download", help="fetch and verify a model's released weights (and convert with --deploy)")
@@ -457,23 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True)
     p.add_argument("--tag", default=None)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=positive_int, default=5)
     p.set_defaults(func=_cmd_predict)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except RepZooError as err:
-        print(f"repzoo: error: {err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `repzoo list | head -1`: the reader is gone, which is fine
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    """Run ``repzoo ARGV``; the exit code (errors are one ``repzoo: error: ...`` line, see cli_support)."""
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

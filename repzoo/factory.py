@@ -9,14 +9,14 @@ from torch import nn
 
 from .errors import InvalidArgumentError, RepZooError, WeightsUnavailableError
 from .models.base import feature_indices
-from .registry import ModelEntry, resolve_name
+from .registry import ModelEntry, normalize_name, resolve_name
 from .weights.adapters import adapt_state_dict, detect_key_style
 from .weights.checkpoint import load_checkpoint, read_state_dict
 from .weights import manifest
 from .weights.pretrained import load_pretrained_state_dict, pretrained_cfg
 from .weights.scales import ScaleSource, load_scales_into
 
-__all__ = ["create_model", "materialize", "features"]
+__all__ = ["create_model", "materialize", "features", "resolve_tag", "head_size"]
 
 
 def create_model(
@@ -44,7 +44,8 @@ def create_model(
         checkpoint_path: a local checkpoint (train or deploy form, any supported wrapper and key
             style) or an in-memory state dict; ``checkpoint_key`` picks a wrapper (``"model_ema"`` …).
         num_classes: a head of this size (0: the model returns pooled features); if the weights
-            have another, the head is reset (with a warning) and the rest is loaded.
+            have another, the head is reset (with a warning) and the rest is loaded. Default: the
+            head of ``checkpoint_path`` (a 100-class file gives a 100-class model), else the model's.
         features_only: return the stage feature maps (timm's ``FeatureListNet``);
             ``out_indices`` picks the stages (default: all; negative counts from the end).
         scales: the constant scales of a ``-csla`` model (anything [load_scales][repzoo.optim.load_scales]
@@ -55,7 +56,7 @@ def create_model(
     entry, name_tag = resolve_name(name)
     if tag is not None and name_tag is not None and tag != name_tag:
         raise InvalidArgumentError(f"{name!r} names the tag {name_tag!r} but tag={tag!r} was passed: pass one.")
-    tag = tag or name_tag
+    tag = resolve_tag(entry.name, tag or name_tag, given=name if name_tag else None)
     if pretrained and checkpoint_path is not None:
         raise InvalidArgumentError("Pass either pretrained=True or checkpoint_path, not both.")
     if scales is not None and entry.scales is None:
@@ -66,6 +67,10 @@ def create_model(
     if checkpoint_path is not None:
         state = read_state_dict(checkpoint_path, checkpoint_key=checkpoint_key)
         state = adapt_state_dict(state, detect_key_style(state, entry.name), entry.name)
+        if num_classes is None and "num_classes" not in kwargs:
+            inferred = head_size(entry.name, state)
+            if inferred is not None:
+                kwargs["num_classes"] = inferred
     elif pretrained:
         state = load_pretrained_state_dict(entry.name, tag=tag, deploy=deploy)
     if state is None:
@@ -86,6 +91,41 @@ def create_model(
     if features_only:
         model = features(model, out_indices)
     return model
+
+
+def resolve_tag(name: str, tag: Optional[str], given: Optional[str] = None) -> Optional[str]:
+    """The manifest's tag for ``tag`` of the canonical ``name``: the tag whose file the Hub hosts under the
+    ``given`` name (timm's ``repghostnet_050.in1k`` is ``repghost_in1k``), the tag itself, or the tag whose
+    file is hosted under that tag (``rvgg_in1k`` of ``repvgg_a0.rvgg_in1k`` is ``in1k``). Another tag is an
+    error that lists the model's tags, whether or not weights are asked for."""
+    if tag is None:
+        return None
+    known = manifest.load_manifest()
+    tags = known.tags(name)
+    hosted = [(rec.tag, s.location.rsplit("/", 1)[-1]) for rec in (known.model(name).weights if tags else [])
+              for f in rec.files for s in f.sources if s.kind == "hf"]
+    key = normalize_name(given or "")
+    for rec_tag, repo in hosted:
+        if given and normalize_name(repo) == key:
+            return rec_tag
+    if tag in tags:
+        return tag
+    for rec_tag, repo in hosted:
+        if repo.endswith(f".{tag}"):
+            return rec_tag
+    released = f"its tags are {', '.join(tags)}" if tags else "it has no released weights, so no tag"
+    raise InvalidArgumentError(f"{name} has no pretrained tag {tag!r}: {released} (see `repzoo info {name}`).")
+
+
+def head_size(name: str, state: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """The number of classes of the classifier in ``state`` (official keys of ``name``), or None when it has
+    no classifier of this model's kind."""
+    with torch.device("meta"):
+        model = resolve_name(name)[0].builder()
+    weight = getattr(model, "head_keys", lambda: [])()[:1]
+    if weight and weight[0] in state and state[weight[0]].dim() == 2:
+        return int(state[weight[0]].shape[0])
+    return None
 
 
 def _default_scales(entry: ModelEntry) -> str:

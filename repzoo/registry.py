@@ -114,6 +114,8 @@ def resolve_name(name: str) -> Tuple[ModelEntry, Optional[str]]:
     head, dot, tag = name.rpartition(".")
     if dot and head and tag and normalize_name(head) in _LOOKUP:
         return _ENTRIES[_LOOKUP[normalize_name(head)]], tag
+    if dot and head and tag and normalize_name(head) in _FOREIGN:  # timm's ``repghostnet_050.in1k``
+        return _ENTRIES[_FOREIGN[normalize_name(head)]], tag
     keys = difflib.get_close_matches(key, list(_LOOKUP), n=5, cutoff=0.6)
     close = list(dict.fromkeys(_LOOKUP[k] for k in keys))
     hint = f" Did you mean: {', '.join(close)}?" if close else ""

@@ -166,10 +166,14 @@ def test_other_num_classes_resets_the_head_and_says_so(a0):
         model = repzoo.create_model("RepVGG-A0", checkpoint_path=a0.state_dict(), num_classes=10)
     assert model.linear.weight.shape == (10, 1280) and not model.linear.weight.is_meta
     assert torch.equal(model.stage4[0].rbr_dense.conv.weight, a0.stage4[0].rbr_dense.conv.weight)
-    # without num_classes=…, a head of another size is an error that names the fix
+    # without num_classes=…, create_model takes the file's head (as `repzoo convert` does) ...
     small = repzoo.create_model("RepVGG-A0", num_classes=5).state_dict()
-    with pytest.raises(repzoo.IncompatibleCheckpointError, match="num_classes"):
-        repzoo.create_model("RepVGG-A0", checkpoint_path=small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert repzoo.create_model("RepVGG-A0", checkpoint_path=small).linear.weight.shape == (5, 1280)
+    # ... and loading it into a model of another head is an error that names the fix
+    with pytest.raises(repzoo.IncompatibleCheckpointError, match="num_classes=5"):
+        repzoo.load_checkpoint(repzoo.create_model("RepVGG-A0"), small)
 
 
 def test_same_num_classes_loads_without_warning(a0):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import repzoo
-from repzoo.cli import full_model_table
+from repzoo.catalog import family_tables
 
 from conftest import REPO_ROOT, run_example
 
@@ -85,7 +85,7 @@ def test_a_site_with_a_warning_or_a_raw_role_fails_the_check(tmp_path, page, pro
 def test_the_model_table_is_the_registry():
     text = (DOCS / "models.md").read_text(encoding="utf-8")
     table = text.split("<!-- models:start -->\n")[1].split("<!-- models:end -->")[0].strip()
-    assert table == full_model_table(repzoo.list_models())
+    assert table == family_tables(repzoo.list_models())
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ PACKAGE = REPO_ROOT / "repzoo"
 
 #: Floors, top to bottom: a module may import its own floor (without cycles) and the floors below.
 FLOORS = [
-    ("repzoo", "repzoo.cli", "repzoo.demo", "repzoo.bench", "repzoo.integrations"),
+    ("repzoo", "repzoo.cli", "repzoo.cli_support", "repzoo.demo", "repzoo.bench", "repzoo.integrations"),
     ("repzoo.factory", "repzoo.catalog", "repzoo.optim", "repzoo.distributed"),
     ("repzoo.models",),
     ("repzoo.weights",),

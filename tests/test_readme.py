@@ -4,7 +4,7 @@ import re
 import pytest
 
 import repzoo
-from repzoo.cli import model_table
+from repzoo.catalog import model_table
 
 from conftest import REPO_ROOT, run_example
 

@@ -73,7 +73,7 @@ def _torch_load(path: str, limit: int) -> object:
 def _read_file(path: str, max_bytes: Optional[int] = None) -> object:
     if not os.path.isfile(path):
         what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
-        raise CheckpointError(f"Checkpoint {path!r} {what}. Check the path, or use pretrained=True.")
+        raise CheckpointError(f"Checkpoint {path!r} {what}. Check the path, or use the released weights (pretrained=True).")
     size = os.path.getsize(path)
     if size == 0:
         raise CheckpointError(f"Checkpoint {path!r} is empty (0 bytes): the download or copy did not finish. "
@@ -280,7 +280,10 @@ def _incompatible(model: nn.Module, form: str, sig, sd, missing, unexpected, sha
             f"{k}: checkpoint {list(sd[k].shape)} vs model {list(sig[k])}" for k in shapes[:5]) + more)
     hint = ""
     if shapes and set(shapes) <= head and not missing and not unexpected:
-        hint = " Only the classifier differs: pass num_classes=N to create_model to reset it."
+        classes = next((sd[k].shape[0] for k in sorted(shapes) if sd[k].dim() == 2), "N")
+        hint = (f" Only the classifier differs: the file's has {classes} classes. Build the model with "
+                f"num_classes={classes} to load it (create_model takes the file's head when num_classes is not "
+                "given), or with another num_classes to reset it.")
     name = getattr(model, "pretrained_cfg", {}).get("architecture", "this model")
     wrapped = [k for k in sd if k.split(".", 1)[0] in _MAIN_WRAPPERS + _EMA_WRAPPERS]
     if wrapped and len(wrapped) == len(sd):
@@ -314,7 +317,7 @@ def load_checkpoint(model: nn.Module, source: PathOrStateDict, *, allow_head_res
             raise IncompatibleCheckpointError(
                 "This is a deploy (converted) checkpoint, and a deploy checkpoint cannot become a train-time "
                 "model: the branches it was fused from cannot be recovered. Build the model with deploy=True "
-                "to load it, or use the train-time checkpoint to fine-tune."
+                "(`--deploy` on the command line) to load it, or use the train-time checkpoint to fine-tune."
             )
         if other == "neither" and deploy_model and _closer_to_train(model, sd):
             other = "train"  # a damaged train checkpoint: diff it against the train form

@@ -271,7 +271,7 @@ def _load(name: str, tag: Optional[str], deploy: bool, progress: Optional[bool]
         if not deploy:
             raise IncompatibleCheckpointError(
                 f"The released weights of {weights.name} ({weights.tag}) are in deploy form, and a deploy "
-                "checkpoint cannot become a train-time model. Use deploy=True."
+                "checkpoint cannot become a train-time model. Build it with deploy=True (`--deploy` on the command line)."
             )
         return _read(path, rec, weights.name), None
     if not deploy:
