@@ -282,7 +282,7 @@ def _cmd_cache_rm(args: argparse.Namespace) -> int:
     elif remove_cached(target):
         removed.append(target)
     if not removed:
-        print(f"repzoo: nothing cached for {target!r} (see `repzoo cache ls`)", file=sys.stderr)
+        print(f"repzoo: error: nothing cached for {target!r} (see `repzoo cache ls`)", file=sys.stderr)
         return 1
     for name in removed:
         print(f"removed {name}")
