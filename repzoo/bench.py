@@ -37,7 +37,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["machine", "interleaved_images_per_second", "peak_memory", "train_step_fn", "train_step_cost", "run_bench", "markdown", "plot"]
+__all__ = ["machine", "interleaved_images_per_second", "peak_memory", "train_step_fn", "train_step_cost", "run_bench",
+           "markdown", "machine_line", "plot", "plot_speedup"]
 
 #: repzoo name -> timm's name of the same architecture, where timm has its own (reparameterizable) twin
 TIMM_TWINS = {**{f"RepVGG-{v}": f"repvgg_{v.lower()}" for v in "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()},
@@ -327,33 +328,45 @@ def _fmt(v: Optional[float], spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def markdown(report: Dict[str, Any]) -> str:
-    """The report as markdown: the machine, then one table row per model."""
+def machine_line(report: Dict[str, Any]) -> str:
+    """``Measured on <cpu> (<cores> cores, <threads> threads), torch ..., device, batch, dtype; medians.``"""
     m, s = report["machine"], report["settings"]
-    lines = [f"Measured on {m['cpu']} ({m['cores']} cores, {s['threads']} threads"
-             + (f", {m['gpu']}" if m.get("gpu") else "") + f"), torch {m['torch']}, device {s['device']}, "
-             f"batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'}"
-             + (", channels_last" if s["channels_last"] else "") + "; medians.", "",
-             "| model | size | train form img/s | deploy img/s | deploy / train | deploy / timm twin | convert s "
-             "| train step img/s | train peak MiB | warm deploy load ms | its process peak RSS MiB | top-1 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    return (f"Measured on {m['cpu']} ({m['cores']} cores, {s['threads']} threads"
+            + (f", {m['gpu']}" if m.get("gpu") else "") + f"), torch {m['torch']}, device {s['device']}, "
+            f"batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'}"
+            + (", channels_last" if s["channels_last"] else "") + "; medians.")
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    """The report as markdown: the machine, then two tables of one row per model, narrow enough to read
+    without scrolling: inference (both forms, the speed-up, timm's twin, top-1), then the costs (conversion,
+    a training step, a warm pretrained load). A table whose figures were all skipped is left out."""
+    speed = ["| model | size | train form img/s | deploy img/s | deploy / train | deploy / timm twin | top-1 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    cost = ["| model | convert s | train step img/s | train peak MiB | warm deploy load ms | load peak RSS MiB |",
+            "|---|---:|---:|---:|---:|---:|"]
+    costs_measured = False
     for r in report["rows"]:
         step = r.get("train_step") or {}
         load = r.get("warm_pretrained_deploy_load") or {}
         vs = r.get("train_vs_repvgg_form")
         train_cell = _fmt(step.get("images_per_s")) + (f" ({vs:.2f}x RepVGG form)" if vs else "")
-        lines.append(
-            f"| {r['model']} | {r['image_size']} | {_fmt(r['train_form_images_per_s'])} | {_fmt(r['deploy_images_per_s'])} "
-            f"| {r['deploy_speedup']:.2f}x | {_fmt(r.get('deploy_vs_timm'), '.2f')}{'x' if r.get('deploy_vs_timm') else ''} "
-            f"| {r['convert_seconds']:.2f} | {train_cell} "
+        speed.append(
+            f"| {r['model']} | {r['image_size']} | {_fmt(r['train_form_images_per_s'])} "
+            f"| {_fmt(r['deploy_images_per_s'])} | {r['deploy_speedup']:.2f}x "
+            f"| {_fmt(r.get('deploy_vs_timm'), '.2f')}{'x' if r.get('deploy_vs_timm') else ''} "
+            f"| {_fmt(r.get('top1'), '.2f')} |")
+        cost.append(
+            f"| {r['model']} | {r['convert_seconds']:.2f} | {train_cell} "
             f"| {_fmt(step.get('peak_bytes') and step['peak_bytes'] / 2 ** 20, '.0f')} "
             f"| {_fmt(load.get('seconds') and load['seconds'] * 1e3)} "
-            f"| {_fmt(load.get('peak_rss_bytes') and load['peak_rss_bytes'] / 2 ** 20, '.0f')} | {_fmt(r.get('top1'), '.2f')} |")
-    return "\n".join(lines)
+            f"| {_fmt(load.get('peak_rss_bytes') and load['peak_rss_bytes'] / 2 ** 20, '.0f')} |")
+        costs_measured = costs_measured or bool(step or load)
+    cost_note = "" if costs_measured else " (training steps and warm loads skipped)"
+    return "\n".join([machine_line(report), ""] + speed + ["", f"Costs{cost_note}:", ""] + cost)
 
 
-def plot(report: Dict[str, Any], path: str) -> str:
-    """Released top-1 against measured deploy images/s, one colour per family, as a PNG."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -362,23 +375,77 @@ def plot(report: Dict[str, Any], path: str) -> str:
     except ImportError:
         from .errors import RepZooError
 
-        raise RepZooError("--plot needs matplotlib: pip install 'repzoo[plot]'") from None
-    rows = [r for r in report["rows"] if r.get("top1") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    families = sorted({r["family"] for r in rows})
-    for i, family in enumerate(families):
-        pts = [r for r in rows if r["family"] == family]
-        ax.scatter([r["deploy_images_per_s"] for r in pts], [r["top1"] for r in pts], label=family,
-                   color=plt.cm.tab10(i % 10), s=40)
-        for r in pts:
-            ax.annotate(r["model"], (r["deploy_images_per_s"], r["top1"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+        raise RepZooError("Plotting needs matplotlib: pip install 'repzoo[plot]'") from None
+    return plt
+
+
+def _setting(report: Dict[str, Any]) -> str:
     m, s = report["machine"], report["settings"]
-    ax.set_xlabel(f"deploy images/s ({s['device']}, batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'})")
+    sizes = sorted({r["image_size"] for r in report["rows"]})
+    size = "/".join(f"{x}²" for x in sizes)
+    return (f"{m.get('gpu') or m['cpu']}, {s['threads']} thread(s), {s['device']}, batch {s['batch_size']}, "
+            f"{size} px, {'bf16' if s['bf16'] else 'fp32'}")
+
+
+def plot_speedup(report: Dict[str, Any], path: str) -> str:
+    """The train → deploy speed-up of each model, grouped and coloured by family, as a PNG (one bar per model,
+    the value written at its end, 1x marked)."""
+    plt = _pyplot()
+    rows = sorted(report["rows"], key=lambda r: (r["family"], -r["deploy_speedup"]))
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.6), dpi=110)
+    y = list(range(len(rows)))[::-1]
+    colours = [plt.cm.tab10(families.index(r["family"]) % 10) for r in rows]
+    ax.barh(y, [r["deploy_speedup"] for r in rows], color=colours, height=0.65)
+    for yi, r in zip(y, rows):
+        ax.text(r["deploy_speedup"], yi, f" {r['deploy_speedup']:.2f}x", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([r["model"] for r in rows], fontsize=8)
+    ax.axvline(1.0, color="0.3", lw=1, ls="--")
+    ax.set_xlim(0, max(r["deploy_speedup"] for r in rows) * 1.18)
+    ax.set_xlabel("deploy images/s ÷ train-form images/s (1x: no gain)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=plt.cm.tab10(i % 10)) for i in range(len(families))]
+    ax.legend(handles, families, fontsize=8, loc="lower right")
+    ax.set_title(f"Train → deploy speed-up per model\n{_setting(report)}", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot(report: Dict[str, Any], path: str) -> str:
+    """Released top-1 against measured images/s of both forms (hollow: train form, filled: deploy form, an
+    arrow between them), one colour per family, as a PNG. Models without released top-1 are left out."""
+    plt = _pyplot()
+    rows = sorted((r for r in report["rows"] if r.get("top1") is not None), key=lambda r: r["top1"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    families = list(dict.fromkeys(r["family"] for r in sorted(rows, key=lambda r: r["family"])))
+    for r in rows:
+        c = plt.cm.tab10(families.index(r["family"]) % 10)
+        train, deploy = r["train_form_images_per_s"], r["deploy_images_per_s"]
+        ax.annotate("", (deploy, r["top1"]), (train, r["top1"]),
+                    arrowprops=dict(arrowstyle="->", color=c, lw=1, shrinkA=4, shrinkB=4))
+        ax.scatter([train], [r["top1"]], facecolors="none", edgecolors=[c], s=36)
+        ax.scatter([deploy], [r["top1"]], color=[c], s=36)
+        ax.annotate(r["model"], (max(train, deploy), r["top1"]), fontsize=7, xytext=(6, -3),
+                    textcoords="offset points")
+    for i, family in enumerate(families):
+        ax.scatter([], [], color=plt.cm.tab10(i % 10), label=family)
+    ax.scatter([], [], facecolors="none", edgecolors="0.3", label="train form")
+    ax.scatter([], [], color="0.3", label="deploy form")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    lo = min(min(r["train_form_images_per_s"], r["deploy_images_per_s"]) for r in rows)
+    hi = max(max(r["train_form_images_per_s"], r["deploy_images_per_s"]) for r in rows)
+    ax.set_xlim(lo / 1.3, hi * 2.2)  # room for the labels on the right
+    ax.set_xlabel(f"images/s (log scale)  —  {_setting(report)}", fontsize=8)
     ax.set_ylabel("released ImageNet top-1 (%)")
-    ax.set_title(f"repzoo on {m.get('gpu') or m['cpu']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title("Top-1 against speed, train form → deploy form", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -129,7 +129,8 @@ def family_tables(names: List[str]) -> str:
     """The docs' model tables, one per family (a heading each, in the order the families first appear): the
     parameters of both forms, multiply-accumulates of the deploy form at the evaluation size, that size, the
     released top-1 (in parentheses: reported by the authors, no weights released) and where the weights come
-    from, families in ``FAMILY_ORDER``. Six columns, so that a table fits a 1400-px window; the rest is ``repzoo info NAME``."""
+    from, families in ``FAMILY_ORDER``. Six columns, so that a table fits a 1400-px window; the rest is
+    ``repzoo info NAME``."""
     known = manifest.load_manifest()
     families: Dict[str, List[str]] = {}
     for name in names:
@@ -144,7 +145,8 @@ def family_tables(names: List[str]) -> str:
             top1 = known.weights(name).top1 if known.tags(name) else None
             shown = f"{top1:.2f}" if top1 is not None else (
                 f"({entry.reported['top1']:.2f})" if "top1" in entry.reported else "-")
-            rows.append(f"| {name} | {_millions(count_params(name, False))} → {_millions(count_params(name, True))} "
+            params = f"{_millions(count_params(name, False))} → {_millions(count_params(name, True))}"
+            rows.append(f"| {name} | {params} "
                         f"| {count_macs(name) / 1e9:.2f} | {pretrained_cfg(name)['input_size'][1]} | {shown} "
                         f"| {weights_sources(name)} |")
         parts.append("\n".join(rows))

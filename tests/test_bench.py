@@ -49,7 +49,10 @@ def test_peak_memory_counts_what_is_live_at_once():
 def test_markdown_names_the_machine_and_has_a_row_per_model(report):
     table = markdown(report).splitlines()
     assert table[0].startswith("Measured on ") and "torch" in table[0]
-    assert [line.split("|")[1].strip() for line in table[4:]] == ["RepVGG-A0", "RepOpt-GhostNet-0.5x"]
+    speed = table[2:table.index("", 2)]  # the inference table, then the costs table, each a row per model
+    assert [line.split("|")[1].strip() for line in speed[2:]] == ["RepVGG-A0", "RepOpt-GhostNet-0.5x"]
+    assert [line.split("|")[1].strip() for line in table[-2:]] == ["RepVGG-A0", "RepOpt-GhostNet-0.5x"]
+    assert all(line.count("|") <= 8 for line in table if line.startswith("|"))  # at most 7 columns
 
 
 def test_the_command_writes_json_markdown_and_a_plot(tmp_path, capsys):

@@ -74,7 +74,7 @@ class Source:
     def manual_link(self) -> str:
         """Where a person can download the file with a web browser."""
         if self.kind == "hf":
-            return f"https://huggingface.co/{self.location}/blob/{self.revision or 'main'}/{self.filename}"
+            return f"https://huggingface.co/{self.location}/resolve/{self.revision or 'main'}/{self.filename}"
         if self.kind == "gdrive":
             return f"https://drive.google.com/file/d/{self.location}"
         return self.location
