@@ -176,7 +176,8 @@ def _range_summary(model: nn.Module) -> dict:
     ranges = kernel_ranges(model)
     spread = range_spread(ranges)
     wq = weight_quant_error(model)
-    layers = {name: dict(max=r.max().item(), median=r.median().item(), min=r.min().item(), spread=spread[name],
+    layers = {name: dict(max=r.max().item(), q3=r.float().quantile(0.75).item(), median=r.median().item(),
+                         q1=r.float().quantile(0.25).item(), min=r.min().item(), spread=spread[name],
                          crest=wq[name]["crest"], int8_error_per_tensor=wq[name]["per_tensor"],
                          int8_error_per_channel=wq[name]["per_channel"]) for name, r in ranges.items()}
     med = lambda key: statistics.median(v[key] for v in layers.values())  # noqa: E731
@@ -323,46 +324,71 @@ def range_only(name: str, args, data: dict) -> tuple:
     return summary, ranges
 
 
-def plot(ranges: dict, crests: dict, path: str) -> None:
-    """One panel per model: per layer, the spread of its per-output-channel max |w| (box: quartiles, whiskers:
-    min and max; left axis) and the median crest max |w| / rms(w) inside a channel (grey line; right axis)."""
+def kernel_layers(report: dict) -> dict:
+    """``{model: {layer: summary}}`` of every model of a report (quantized, fp16-checked, kernels only), in
+    the report's order: what the kernel-range plot draws."""
+    out = {name: res["kernels"]["layers"] for name, res in report.get("models", {}).items()}
+    out.update({name: res["kernels"]["layers"] for name, res in report.get("fp16_check", {}).items()})
+    out.update({name: res["layers"] for name, res in report.get("range_only", {}).items()})
+    return out
+
+
+def plot(report: dict, path: str) -> None:
+    """From a report (its JSON): one panel per model; per layer, the spread of its per-output-channel max |w|
+    (box: quartiles, whiskers: min and max, log axis with a labelled tick at every power of 10) over the
+    median crest max |w| / rms(w) inside a channel (a linear panel below it, sharing the layer axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    import matplotlib.ticker as ticker
 
-    n = len(ranges)
-    cols = min(n, 4)
+    models = kernel_layers(report)
+    n = len(models)
+    cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False)
-    for ax, (name, layer_ranges) in zip(axes.flat, ranges.items()):
-        values = [r.clamp_min(1e-8).numpy() for r in layer_ranges.values()]
-        positions = range(1, len(values) + 1)
-        ax.boxplot(values, positions=list(positions), whis=(0, 100), widths=0.6, showfliers=False,
-                   medianprops=dict(color="tab:red"), boxprops=dict(color="tab:blue"))
+    fig = plt.figure(figsize=(5.2 * cols, 4.4 * rows))
+    outer = fig.add_gridspec(rows, cols, hspace=0.32, wspace=0.28)
+    for i, (name, layers) in enumerate(models.items()):
+        inner = outer[divmod(i, cols)].subgridspec(2, 1, height_ratios=[3, 1.2], hspace=0.06)
+        ax = fig.add_subplot(inner[0])
+        low = fig.add_subplot(inner[1], sharex=ax)
+        stats = [dict(whislo=max(v["min"], 1e-8), q1=max(v.get("q1", v["median"]), 1e-8), med=max(v["median"], 1e-8),
+                      q3=max(v.get("q3", v["median"]), 1e-8), whishi=max(v["max"], 1e-8)) for v in layers.values()]
+        positions = list(range(len(stats)))
+        ax.bxp(stats, positions=positions, widths=0.6, showfliers=False,
+               medianprops=dict(color="tab:red"), boxprops=dict(color="tab:blue"))
         ax.set_yscale("log")
-        ax.set_title(name, fontsize=10)
-        step = max(1, len(values) // 6)
-        ax.set_xticks(list(positions)[::step])
-        ax.set_xticklabels([str(i) for i in range(0, len(values), step)], fontsize=8)
-        ax.set_xlabel("layer (input → head)", fontsize=8)
-        ax.set_ylabel("per-channel max |w|", fontsize=8, color="tab:blue")
-        ax.tick_params(axis="y", labelsize=8)
-        ax.grid(True, which="major", axis="y", alpha=0.3)
-        if name in crests:
-            twin = ax.twinx()
-            twin.plot(list(positions), crests[name], color="0.45", lw=1, marker=".", ms=3)
-            twin.set_yscale("log")
-            twin.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            twin.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            twin.set_ylabel("crest: max |w| / rms in a channel", fontsize=8, color="0.35")
-            twin.tick_params(axis="y", labelsize=8)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.suptitle("Deploy kernels per layer: per-output-channel ranges (box: quartiles, whiskers: min/max) and "
-                 "median crest inside a channel (grey)", fontsize=10)
-    fig.tight_layout()
+        ax.set_ylim(min(st["whislo"] for st in stats) / 1.6, max(st["whishi"] for st in stats) * 1.6)
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, numticks=12))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(2, 5), numticks=12))
+        lo, hi = ax.get_ylim()
+        few = math.log10(hi / lo) <= 3  # few decades: label 2 and 5 too, so that every panel reads at a glance
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}") if few else ticker.NullFormatter())
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.set_title(f"{name} ({len(stats)} layers)", fontsize=10)
+        ax.set_ylabel("per-channel max |w|", fontsize=8)
+        ax.tick_params(axis="both", labelsize=8)
+        ax.tick_params(axis="x", labelbottom=False)
+        ax.grid(True, which="major", axis="y", alpha=0.4)
+        ax.grid(True, which="minor", axis="y", alpha=0.15)
+        low.plot(positions, [v["crest"] for v in layers.values()], color="0.35", lw=1, marker=".", ms=3)
+        low.set_ylim(bottom=0)
+        low.yaxis.set_major_locator(ticker.MaxNLocator(4))
+        low.set_ylabel("crest", fontsize=8)
+        low.grid(True, alpha=0.3)
+        low.tick_params(axis="both", labelsize=8)
+        step = max(1, len(stats) // 8)
+        low.set_xticks(positions[::step])
+        low.set_xticklabels([str(p) for p in positions[::step]])
+        low.set_xlabel("layer (input → head)", fontsize=8)
+    m = report.get("machine", {})
+    fig.suptitle("Deploy kernels per layer: spread of the per-output-channel max |w| (box: quartiles, whiskers: "
+                 "min/max) and the median crest max |w| / rms inside a channel (below)"
+                 + (f"\n{'synthetic' if 'synthetic' in report.get('weights', '') else 'released'} weights; "
+                    f"{m.get('cpu', '')}, torch {m.get('torch', '')}" if m else ""), fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.86 if rows == 1 else 0.91, bottom=0.07)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -399,6 +425,7 @@ def parse_args(argv=None):
                         "calibration images is below this")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write the kernel-range plot (PNG) here")
+    parser.add_argument("--plot-from", help="draw --plot from this report (a --json of an earlier run) and exit")
     args = parser.parse_args(argv)
     for key, value in PROFILES["smallest" if args.smallest else "full"].items():
         if getattr(args, key) is None:
@@ -410,6 +437,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.plot_from:
+        plot(json.loads(Path(args.plot_from).read_text()), args.plot or "kernel_ranges.png")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.quantized.engine = "x86"
@@ -429,26 +459,22 @@ def main(argv=None) -> int:
     models = [m for m in args.models.split(",") if m]
     report = dict(machine=info, settings={k: v for k, v in vars(args).items() if k not in ("json", "plot")},
                   weights="released" if args.pretrained else SYNTHETIC_NOTE, models={}, range_only={})
-    ranges, crests = {}, {}
     for name in models:
-        report["models"][name], ranges[name] = measure(name, args, data, log)
-        crests[name] = [v["crest"] for v in report["models"][name]["kernels"]["layers"].values()]
+        report["models"][name], _ = measure(name, args, data, log)
     if args.fp16_model:
         res = half_precision_check(args.fp16_model, args, data, log)
-        ranges[args.fp16_model] = res.pop("kernel_ranges")
-        crests[args.fp16_model] = [v["crest"] for v in res["kernels"]["layers"].values()]
+        res.pop("kernel_ranges")
         report["fp16_check"] = {args.fp16_model: res}
     for name in [m for m in (args.range_models or "").split(",") if m]:
-        report["range_only"][name], ranges[name] = range_only(name, args, data)
+        report["range_only"][name], _ = range_only(name, args, data)
         s = report["range_only"][name]
-        crests[name] = [v["crest"] for v in s["layers"].values()]
         log(f"{name} (kernels only): spread median {s['spread_median']:.2f}, max {s['spread_max']:.2f}; crest median "
             f"{s['crest_median']:.1f}; int8 weight error median per-channel "
             f"{s['weight_error_per_channel_median']:.3f}, per-tensor {s['weight_error_per_tensor_median']:.3f}")
-    if args.plot:
-        plot(ranges, crests, args.plot)
-        log(f"wrote {args.plot}")
     report["seconds"] = time.perf_counter() - started
+    if args.plot:  # drawn from the report, as --plot-from draws it from the JSON
+        plot(json.loads(json.dumps(_round(report))), args.plot)
+        log(f"wrote {args.plot}")
     if args.json:
         Path(args.json).write_text(json.dumps(_round(report), indent=1))
         log(f"wrote {args.json}")

@@ -437,7 +437,7 @@ def plot(report: Dict[str, Any], path: str) -> str:
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.tick_params(axis="x", which="both", labelsize=8)
     lo = min(min(r["train_form_images_per_s"], r["deploy_images_per_s"]) for r in rows)
     hi = max(max(r["train_form_images_per_s"], r["deploy_images_per_s"]) for r in rows)
     ax.set_xlim(lo / 1.3, hi * 2.2)  # room for the labels on the right
@@ -445,7 +445,7 @@ def plot(report: Dict[str, Any], path: str) -> str:
     ax.set_ylabel("released ImageNet top-1 (%)")
     ax.set_title("Top-1 against speed, train form → deploy form", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -88,6 +88,51 @@ def test_the_model_table_is_the_registry():
     assert table == family_tables(repzoo.list_models())
 
 
+def test_the_bench_table_is_what_the_command_prints_for_the_committed_report():
+    """docs/benchmarks.md holds `repzoo bench`'s own markdown of benchmarks/results/bench_cpu.json (as
+    benchmarks/plot_bench.py writes it), and the page names the machine of every figure block."""
+    import json
+
+    from repzoo.bench import markdown
+
+    report = json.loads((REPO_ROOT / "benchmarks" / "results" / "bench_cpu.json").read_text())
+    text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    block = text.split("<!-- bench:start -->\n")[1].split("\n<!-- bench:end -->")[0]
+    assert block == markdown(report)
+    assert block.startswith(f"Measured on {report['machine']['cpu']} ({report['machine']['cores']} cores")
+    header = [line for line in block.splitlines() if line.startswith("| model")]
+    assert len(header) == 2 and all(h.count("|") <= 8 for h in header)  # narrow tables, not one of 12 columns
+
+
+def test_every_page_is_linked_from_the_home_page():
+    import yaml
+
+    def leaves(node):
+        if isinstance(node, str):
+            return [node]
+        if isinstance(node, dict):
+            return [p for v in node.values() for p in leaves(v)]
+        return [p for v in node for p in leaves(v)]
+
+    nav = yaml.safe_load((REPO_ROOT / "mkdocs.yml").read_text())["nav"]
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    missing = [p for p in leaves(nav) if p != "index.md" and f"]({p})" not in index]
+    assert not missing, f"docs/index.md does not link {missing}"
+    assert sorted(leaves(nav)) == sorted(p.relative_to(DOCS).as_posix() for p in pages())  # nav has every page
+
+
+def test_hugging_face_links_download_the_file():
+    """A browser link to a Hub file is /resolve/ (the file), not /blob/ (an HTML page about it): in the docs,
+    the README, and every manual link the manifest gives (printed when a download fails)."""
+    from repzoo.weights.manifest import load_manifest
+
+    texts = {p.name: p.read_text(encoding="utf-8") for p in pages() + [REPO_ROOT / "README.md"]}
+    blob = {n for n, t in texts.items() if re.search(r"huggingface\.co/[^\s)]*/blob/", t)}
+    assert not blob, blob
+    links = [s.manual_link() for _, _, f in load_manifest().files() for s in f.sources if s.kind == "hf"]
+    assert links and all(re.match(r"https://huggingface\.co/[^/]+/[^/]+/resolve/[^/]+/\S+$", u) for u in links), links[:3]
+
+
 @pytest.fixture(scope="module")
 def example_env(tmp_path_factory):
     """A cache, and a mirror folder with generated files for the pretrained examples; offline."""
