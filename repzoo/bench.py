@@ -340,7 +340,7 @@ def machine_line(report: Dict[str, Any]) -> str:
 def markdown(report: Dict[str, Any]) -> str:
     """The report as markdown: the machine, then two tables of one row per model, narrow enough to read
     without scrolling: inference (both forms, the speed-up, timm's twin, top-1), then the costs (conversion,
-    a training step, a warm pretrained load). A table whose figures were all skipped is left out."""
+    a training step, a warm pretrained load; its caption says when those were skipped)."""
     speed = ["| model | size | train form img/s | deploy img/s | deploy / train | deploy / timm twin | top-1 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     cost = ["| model | convert s | train step img/s | train peak MiB | warm deploy load ms | load peak RSS MiB |",

@@ -84,7 +84,8 @@ def model_info(name: str) -> Dict[str, Any]:
 
 
 def weights_sources(name: str) -> str:
-    """Where a model's released files come from, in words: ``HF Hub (timm), Google Drive``; ``-`` for none."""
+    """Where a model's released files come from, in a few words: ``HF (timm), Drive, by hand``; ``-`` for none
+    (``repzoo info NAME`` lists each file's sources in full)."""
     import urllib.parse
 
     known = manifest.load_manifest()
@@ -94,10 +95,10 @@ def weights_sources(name: str) -> str:
     for rec in known.model(name).weights:
         for f in rec.files:
             for src in f.sources:
-                kinds.append({"hf": f"HF Hub ({src.location.split('/')[0]})", "gdrive": "Google Drive"}.get(
+                kinds.append({"hf": f"HF ({src.location.split('/')[0]})", "gdrive": "Drive"}.get(
                     src.kind, urllib.parse.urlsplit(src.location).hostname))
             if not f.sources and f.manual:
-                kinds.append("by hand (" + " / ".join(sorted({m.site.split('-')[0] for m in f.manual})) + ")")
+                kinds.append("by hand")
     return ", ".join(dict.fromkeys(kinds))
 
 
@@ -138,14 +139,14 @@ def family_tables(names: List[str]) -> str:
     parts = []
     for family, members in sorted(families.items(), key=lambda kv: _family_rank(kv[0])):
         rows = [f"### {family}", "",
-                "| model | params train → deploy | GMACs | input | top-1 | weights from |",
+                "| model | params (M) train → deploy | GMACs | input | top-1 | weights from |",
                 "|---|---:|---:|---:|---:|---|"]
         for name in members:
             entry = get_model_entry(name)
             top1 = known.weights(name).top1 if known.tags(name) else None
             shown = f"{top1:.2f}" if top1 is not None else (
                 f"({entry.reported['top1']:.2f})" if "top1" in entry.reported else "-")
-            params = f"{_millions(count_params(name, False))} → {_millions(count_params(name, True))}"
+            params = f"{count_params(name, False) / 1e6:.2f} → {count_params(name, True) / 1e6:.2f}"
             rows.append(f"| {name} | {params} "
                         f"| {count_macs(name) / 1e9:.2f} | {pretrained_cfg(name)['input_size'][1]} | {shown} "
                         f"| {weights_sources(name)} |")

@@ -121,6 +121,19 @@ def test_every_page_is_linked_from_the_home_page():
     assert sorted(leaves(nav)) == sorted(p.relative_to(DOCS).as_posix() for p in pages())  # nav has every page
 
 
+#: the most columns a table may have: 7 narrow columns fit the page in a 1400-px window (checked with headless
+#: Chromium screenshots of the built site: `chromium --headless --screenshot --window-size=1400,900`)
+MAX_COLUMNS = 7
+
+
+@pytest.mark.parametrize("page", [p.relative_to(DOCS).as_posix() for p in pages()] + ["../README.md"])
+def test_no_table_is_too_wide_to_read(page):
+    text = (DOCS / page).read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks are not tables
+    widths = [line.count("|") - 1 for line in text.splitlines() if line.startswith("|")]
+    assert max(widths, default=0) <= MAX_COLUMNS, f"{page}: a table of {max(widths)} columns"
+
+
 def test_hugging_face_links_download_the_file():
     """A browser link to a Hub file is /resolve/ (the file), not /blob/ (an HTML page about it): in the docs,
     the README, and every manual link the manifest gives (printed when a download fails)."""
