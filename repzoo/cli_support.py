@@ -44,28 +44,26 @@ def _checked(bad_values: tuple) -> Callable:
     return mark
 
 
-@_checked(("0", "-5", "two"))
-def positive_int(text: str) -> int:
-    """An integer of at least 1 (a batch size, an image size, a count)."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
     return value
+
+
+@_checked(("0", "-5", "two"))
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (a batch size, an image size, a count)."""
+    return _whole_number(text, 1)
 
 
 @_checked(("-1", "ten"))
 def non_negative_int(text: str) -> int:
     """An integer of at least 0 (``--num-classes 0``: pooled features, no classifier)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    return _whole_number(text, 0)
 
 
 @_checked(("gpu0", "cuda:99", "mps:7"))

@@ -68,7 +68,7 @@ def create_model(
         state = read_state_dict(checkpoint_path, checkpoint_key=checkpoint_key)
         state = adapt_state_dict(state, detect_key_style(state, entry.name), entry.name)
         if num_classes is None and "num_classes" not in kwargs:
-            inferred = head_size(entry.name, state)
+            inferred = head_size(entry.name, state, deploy=deploy)
             if inferred is not None:
                 kwargs["num_classes"] = inferred
     elif pretrained:
@@ -117,11 +117,11 @@ def resolve_tag(name: str, tag: Optional[str], given: Optional[str] = None) -> O
     raise InvalidArgumentError(f"{name} has no pretrained tag {tag!r}: {released} (see `repzoo info {name}`).")
 
 
-def head_size(name: str, state: Mapping[str, torch.Tensor]) -> Optional[int]:
+def head_size(name: str, state: Mapping[str, torch.Tensor], deploy: bool = False) -> Optional[int]:
     """The number of classes of the classifier in ``state`` (official keys of ``name``), or None when it has
-    no classifier of this model's kind."""
+    no classifier of this model's kind (the model is built on the ``meta`` device, in the form ``deploy``)."""
     with torch.device("meta"):
-        model = resolve_name(name)[0].builder()
+        model = resolve_name(name)[0].builder(deploy=deploy)
     weight = getattr(model, "head_keys", lambda: [])()[:1]
     if weight and weight[0] in state and state[weight[0]].dim() == 2:
         return int(state[weight[0]].shape[0])
