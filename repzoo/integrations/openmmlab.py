@@ -34,6 +34,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import pickle
 import runpy
 import sys
 import types
@@ -324,15 +325,36 @@ def patch_mmcv_lite() -> bool:
 # --------------------------------------------------------------------------- mmengine's checkpoints
 
 
+def _history_buffer_statistic(owner, name: str):
+    """The one ``getattr`` an mmengine checkpoint pickles: a ``HistoryBuffer`` pickles its table of statistics
+    (``min``, ``max``, ``mean``, ``current``) as ``getattr(HistoryBuffer, name)``. Allow-listed under the name
+    ``builtins.getattr`` in place of the built-in, it gives those and refuses anything else (the built-in would
+    reach any attribute of anything, which is how a pickle runs code)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    statistics = {"min", "max", "mean", "current", *HistoryBuffer._statistics_methods}  # (filled lazily)
+    if owner is HistoryBuffer and isinstance(name, str) and name in statistics:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f"refused: getattr({owner!r}, {name!r}) (an mmengine checkpoint only asks "
+                                 "for HistoryBuffer's statistics)")
+
+
 def _mmengine_checkpoint_globals() -> list:
-    """What mmengine 0.10's ``CheckpointHook`` pickles besides tensors and plain containers: the message hub's
-    ``HistoryBuffer`` (which holds numpy arrays of the logged scalars) and the numpy scalars it logs."""
+    """What mmengine 0.10's ``CheckpointHook`` pickles besides tensors and plain containers (measured with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on mmdet's and mmseg's ``tools/train.py``
+    checkpoints): the message hub's ``HistoryBuffer`` with its numpy arrays of logged scalars, and its
+    statistics table (see :func:`_history_buffer_statistic`)."""
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    core = np._core if hasattr(np, "_core") else np.core
-    scalar_types = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return [HistoryBuffer, core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *scalar_types]
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
+    numpy_globals = []
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2's name and numpy 1's
+        numpy_globals += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    # the dtypes of the logged arrays (float64 values, int64 counts) and of numpy scalars logged as they are
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr"), (np.ndarray, "numpy.ndarray"),
+            (np.dtype, "numpy.dtype"), *dtypes, *numpy_globals]
 
 
 def allow_mmengine_checkpoints() -> None:
