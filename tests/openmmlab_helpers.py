@@ -226,3 +226,132 @@ def run_tool(args, cwd, timeout: int = 300) -> str:
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     return log
+
+
+# --------------------------------------------------------------------------- configs/ and the doc
+
+FULL_CONFIGS = {  # config -> (library, model fragment, backbone, dataset type, schedule length)
+    "mmdet/retinanet_repvgg_a0_fpn_1x_coco.py": ("mmdet", "retinanet_repvgg_a0_fpn.py", "RepVGG-A0", "CocoDataset", 12),
+    "mmdet/fcos_repghostnet_1_0x_fpn_1x_coco.py": ("mmdet", "fcos_repghostnet_1_0x_fpn.py", "RepGhostNet-1.0x",
+                                                   "CocoDataset", 12),
+    "mmdet/retinanet_orepa_resnet_50_fpn_1x_coco.py": ("mmdet", "retinanet_orepa_resnet_50_fpn.py", "OREPA-ResNet-50",
+                                                       "CocoDataset", 12),
+    "mmseg/upernet_repvgg_b0_4xb4-160k_ade20k-512x512.py": ("mmseg", "upernet_repvgg_b0.py", "RepVGG-B0",
+                                                            "ADE20KDataset", 160000),
+    "mmseg/fpn_repopt_vgg_b1_4xb4-160k_ade20k-512x512.py": ("mmseg", "fpn_repopt_vgg_b1.py", "RepOpt-VGG-B1",
+                                                            "ADE20KDataset", 160000),
+    "mmseg/upernet_orepa_resnet_50_4xb2-80k_cityscapes-512x1024.py": ("mmseg", "upernet_orepa_resnet_50.py",
+                                                                      "OREPA-ResNet-50", "CityscapesDataset", 80000),
+    "mmseg/upernet_repmlpnet_b256_4xb2-80k_cityscapes-512x1024.py": ("mmseg", "upernet_repmlpnet_b256.py",
+                                                                     "RepMLPNet-B256", "CityscapesDataset", 80000),
+}
+
+# What the default-tier tests shrink in a model fragment (small heads, few classes, no download, plain BN: a
+# model built outside a Runner keeps SyncBN, which needs a process group).
+_BN = dict(type="BN", requires_grad=True)
+SMALL = {
+    "mmdet": dict(neck=dict(out_channels=32), bbox_head=dict(num_classes=3, in_channels=32, feat_channels=32,
+                                                             stacked_convs=2)),
+    "mmseg": dict(data_preprocessor=dict(size=(SIZE, SIZE)), decode_head=dict(num_classes=4, channels=32, norm_cfg=_BN),
+                  auxiliary_head=dict(num_classes=4, channels=16, norm_cfg=_BN)),
+}
+
+
+def small_model_config(library: str, fragment: str, **backbone):
+    """A model fragment of configs/<library>/_base_/models, shrunk by :data:`SMALL`, ``pretrained=False``
+    (no download) unless given, and ``backbone`` merged into its backbone."""
+    cfg = load_config(f"{library}/_base_/models/{fragment}")
+    small = dict(SMALL[library])
+    if library == "mmseg" and "neck" in cfg.model:  # Semantic FPN: a neck, no auxiliary head
+        small = dict(data_preprocessor=dict(size=(SIZE, SIZE)), neck=dict(out_channels=32), decode_head=dict(num_classes=4, channels=16, norm_cfg=_BN,
+                                                                  in_channels=[32] * 4))
+    if library == "mmdet" and "norm_cfg" in cfg.model.bbox_head:  # FCOS's GN head: 32 groups of 32 channels
+        small["bbox_head"] = dict(small["bbox_head"], norm_cfg=dict(cfg.model.bbox_head.norm_cfg, num_groups=8))  # (1 value at 1x1)
+    cfg.merge_from_dict(dict(model=dict(small, backbone=dict(dict(pretrained=False), **backbone))))
+    return cfg
+
+
+def sgd(model, lr: float = 0.01):
+    """The optimizer wrapper the configs' schedules use (SGD, momentum 0.9)."""
+    from mmengine.optim import OptimWrapper
+
+    return OptimWrapper(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4))
+
+
+DOC = REPO_ROOT / "docs" / "detection_segmentation.md"
+
+
+def doc_blocks(lang: str = "python") -> list:
+    import re
+
+    return re.findall(rf"```{lang}\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+
+
+# --------------------------------------------------------------------------- the round trip through the tools
+
+
+def _numbers(log: str, key: str) -> list:
+    import re
+
+    return [float(v) for v in re.findall(rf"(?<![\w/.]){re.escape(key)}: (-?[0-9.]+)", log)]
+
+
+def tools_round_trip(library: str, config: str, tmp_path) -> dict:
+    """The doc's commands, as written (``mmseg`` in place of ``mmdet`` for mmseg), on a tiny data set and a
+    tiny config that inherits ``config``: train (frozen_stages=1, norm_eval) → resume (with_cp) → test → test
+    with ``deploy=True`` from the train checkpoint → the doc's conversion script → test of the converted file.
+    Returns the logs' figures."""
+    import re
+    import shlex
+
+    data = tmp_path / "data"
+    (write_coco if library == "mmdet" else write_ade)(data)
+    tiny = tmp_path / "tiny.py"
+    tiny_config(tiny, CONFIGS / config.split("/", 1)[1] if config.startswith("configs/") else CONFIGS / config,
+                library, data)
+    bash = doc_blocks("bash")[0]
+    doc_config = re.search(r"^CONFIG=(\S+)$", bash, flags=re.M).group(1)
+    commands = [shlex.split(line)[3:] for line in bash.splitlines() if line.startswith("python -m ")]
+    assert [c[:2] for c in commands] == [["mmdet", "train"]] * 2 + [["mmdet", "test"]] * 2
+    last, epochs = ("epoch_1.pth", "epoch_2.pth") if library == "mmdet" else ("iter_2.pth", "iter_4.pth")
+    length = "train_cfg.max_epochs" if library == "mmdet" else "train_cfg.max_iters"
+
+    def argv(command, *extra):
+        out = [library, *command[1:]]
+        out = [str(tiny) if a == "$CONFIG" else a.replace("work_dirs/retinanet", str(tmp_path / "work"))
+               .replace("epoch_12.pth", epochs) for a in out]
+        return out + list(extra)
+
+    figures = dict(doc_config=doc_config)
+    log = run_tool(argv(commands[0], "--cfg-options", f"{length}={1 if library == 'mmdet' else 2}",
+                        "model.backbone.frozen_stages=1", "model.backbone.norm_eval=True"), tmp_path)
+    assert (tmp_path / "work" / last).is_file(), log[-3000:]
+    figures["first_losses"] = _numbers(log, "loss")
+    log = run_tool(argv(commands[1], "--cfg-options", f"{length}={2 if library == 'mmdet' else 4}",
+                        "model.backbone.with_cp=True"), tmp_path)
+    figures["resumed"] = re.findall(r"resumed epoch: \d+, iter: \d+", log)
+    figures["last_losses"] = _numbers(log, "loss")
+    assert (tmp_path / "work" / epochs).is_file(), log[-3000:]
+    metric = "coco/bbox_mAP" if library == "mmdet" else "mIoU"
+    for name, command in (("test", commands[2]), ("test_deploy", commands[3])):
+        log = run_tool(argv(command), tmp_path)
+        figures[name] = _numbers(log, metric)
+        figures[name + "_line"] = [line for line in log.splitlines() if f"{metric}: " in line][-1:]
+        assert "unexpected key" not in log and "missing keys" not in log, log[-3000:]
+
+    # the doc's conversion script, with its two paths
+    script = doc_blocks()[[i for i, b in enumerate(doc_blocks()) if "CHECKPOINT = " in b][0]]
+    ckpt = tmp_path / "work" / epochs
+    script = re.sub(r'^CONFIG = ".*"$', f"CONFIG = {str(tiny)!r}", script, flags=re.M)
+    script = re.sub(r'^CHECKPOINT = ".*"$', f"CHECKPOINT = {str(ckpt)!r}", script, flags=re.M)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+               PYTHONWARNINGS="ignore")
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    figures["deploy_difference"] = float(re.search(r"deploy difference: (\S+)", done.stdout).group(1))
+    converted = ckpt.with_name(ckpt.stem + "_deploy.pth")
+    log = run_tool([library, "test", tiny, converted, "--cfg-options", "model.backbone.deploy=True"], tmp_path)
+    figures["test_converted"] = _numbers(log, metric)
+    assert "unexpected key" not in log and "missing keys" not in log, log[-3000:]
+    return figures
