@@ -287,6 +287,13 @@ def doc_blocks(lang: str = "python") -> list:
     return re.findall(rf"```{lang}\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
 
 
+def doc_commands() -> str:
+    """The doc's block of tool commands (the one that sets ``CONFIG=``)."""
+    found = [b for b in doc_blocks("bash") if "\nCONFIG=" in "\n" + b]
+    assert len(found) == 1, "docs/detection_segmentation.md: one bash block sets CONFIG="
+    return found[0]
+
+
 # --------------------------------------------------------------------------- the round trip through the tools
 
 
@@ -309,7 +316,7 @@ def tools_round_trip(library: str, config: str, tmp_path) -> dict:
     tiny = tmp_path / "tiny.py"
     tiny_config(tiny, CONFIGS / config.split("/", 1)[1] if config.startswith("configs/") else CONFIGS / config,
                 library, data)
-    bash = doc_blocks("bash")[0]
+    bash = doc_commands()
     doc_config = re.search(r"^CONFIG=(\S+)$", bash, flags=re.M).group(1)
     commands = [shlex.split(line)[3:] for line in bash.splitlines() if line.startswith("python -m ")]
     assert [c[:2] for c in commands] == [["mmdet", "train"]] * 2 + [["mmdet", "test"]] * 2
