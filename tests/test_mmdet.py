@@ -151,9 +151,9 @@ def test_mmdet_tools_train_resume_test_deploy(tmp_path):
     figures = tools_round_trip("mmdet", "mmdet/retinanet_repvgg_a0_fpn_1x_coco.py", tmp_path)
     print(figures)
     assert figures["doc_config"] == "configs/mmdet/retinanet_repvgg_a0_fpn_1x_coco.py"
-    assert figures["resumed"] == ["resumed epoch: 1, iter: 3"]  # 6 images, batch 2: 3 iterations an epoch
-    assert len(figures["first_losses"]) == len(figures["last_losses"]) == 3
+    assert figures["resumed"] == ["resumed epoch: 1, iter: 2"]  # 4 images, batch 2: 2 iterations an epoch
+    assert len(figures["first_losses"]) == len(figures["last_losses"]) == 2
     assert all(0 < v < 100 for v in figures["first_losses"] + figures["last_losses"])
-    (test,), (deploy,), (converted,) = figures["test"], figures["test_deploy"], figures["test_converted"]
-    assert 0 <= test <= 1 and deploy == converted == test  # the deploy form: the same boxes, the same mAP
-    assert figures["deploy_difference"] < 1e-5
+    (test,), (deploy,) = figures["test"], figures["test_deploy"]
+    assert 0 <= test <= 1 and deploy == test  # the deploy form: the same boxes, the same mAP
+    assert figures["deploy_difference"] < 1e-5 and figures["reloaded"]

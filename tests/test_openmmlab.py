@@ -412,19 +412,33 @@ def test_mmengine_checkpoints_load_with_weights_only(tmp_path):
     path = tmp_path / "epoch_1.pth"
     torch.save({"meta": {"epoch": 1, "seed": 0}, "state_dict": {"w": torch.ones(2)},
                 "message_hub": hub.state_dict()}, path)
-    assert "mmengine.logging.history_buffer.HistoryBuffer" in torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    allow_mmengine_checkpoints()
-    loaded = torch.load(path)  # weights_only=True: torch's default
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()  # (other tests may have allow-listed them already)
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        with pytest.raises(pickle.UnpicklingError, match="HistoryBuffer"):
+            torch.load(path)
+        allow_mmengine_checkpoints()
+        names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+                 for g in torch.serialization.get_safe_globals()}
+        assert "mmengine.logging.history_buffer.HistoryBuffer" in unsafe and unsafe <= names
+        loaded = torch.load(path)  # weights_only=True: torch's default
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(saved)
+        allow_mmengine_checkpoints()
     assert loaded["message_hub"]["log_scalars"]["train/loss"].mean() == 1.875
     assert loaded["message_hub"]["runtime_info"]["iter"] == 7
 
-    class Evil:
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    class Reach:  # the allow-listed getattr asked for anything but a statistic (the way to a function's globals)
         def __reduce__(self):
-            return getattr, (os, "system")
+            return getattr, (HistoryBuffer, "__init__")
 
     bad = tmp_path / "bad.pth"
-    torch.save({"x": Evil()}, bad)
-    with pytest.raises(pickle.UnpicklingError):
+    torch.save({"x": Reach()}, bad)
+    with pytest.raises(pickle.UnpicklingError, match="refused: getattr"):
         torch.load(bad)
 
 

@@ -125,7 +125,11 @@ class RepZooBackbone(BaseModule):
                                        f"({self.out_indices[-1]}): the backbone would have nothing to train")
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.model.set_grad_checkpointing(with_cp)
+        if hasattr(self.model, "set_grad_checkpointing"):
+            self.model.set_grad_checkpointing(with_cp)
+        elif with_cp:
+            raise InvalidArgumentError(f"with_cp=True: {model_name}'s feature model has no activation checkpointing; "
+                                       "pass with_cp=False")
         self._freeze_stages()
         self._register_load_state_dict_pre_hook(self._convert_on_load)
 
