@@ -267,10 +267,11 @@ def small_model_config(library: str, fragment: str, **backbone):
     cfg = load_config(f"{library}/_base_/models/{fragment}")
     small = dict(SMALL[library])
     if library == "mmseg" and "neck" in cfg.model:  # Semantic FPN: a neck, no auxiliary head
-        small = dict(data_preprocessor=dict(size=(SIZE, SIZE)), neck=dict(out_channels=32), decode_head=dict(num_classes=4, channels=16, norm_cfg=_BN,
-                                                                  in_channels=[32] * 4))
+        small = dict(data_preprocessor=dict(size=(SIZE, SIZE)), neck=dict(out_channels=32),
+                     decode_head=dict(num_classes=4, channels=16, norm_cfg=_BN, in_channels=[32] * 4))
     if library == "mmdet" and "norm_cfg" in cfg.model.bbox_head:  # FCOS's GN head: 32 groups of 32 channels
-        small["bbox_head"] = dict(small["bbox_head"], norm_cfg=dict(cfg.model.bbox_head.norm_cfg, num_groups=8))  # (1 value at 1x1)
+        gn = dict(cfg.model.bbox_head.norm_cfg, num_groups=8)  # would hold 1 value each at the 1x1 level
+        small["bbox_head"] = dict(small["bbox_head"], norm_cfg=gn)
     cfg.merge_from_dict(dict(model=dict(small, backbone=dict(dict(pretrained=False), **backbone))))
     return cfg
 

@@ -1,41 +1,11 @@
-# UPerNet (UPerHead + FCN auxiliary head) with a RepMLPNet-B256 backbone: the model only (mmsegmentation 1.x), to
-# list beside mmseg's dataset, schedule and runtime bases. The heads' in_channels are
-# repzoo.integrations.openmmlab.stage_channels("RepMLPNet-B256", (0, 1, 2, 3)); the tests check them. Everything
-# else is mmseg's _base_/models/upernet_r50.py (the full config sets the crop size).
-# RepMLPNet cuts each stage into fixed partitions: the input's height and width must be multiples of
-# 256 (Cityscapes' 512x1024 crops and whole 1024x2048 images are).
-custom_imports = dict(imports=["repzoo.integrations.mmseg"], allow_failed_imports=False)
+# UPerNet (UPerHead + FCN auxiliary head) with a RepMLPNet-B256 backbone for Cityscapes' 19 classes: the model
+# only (mmsegmentation 1.x), as upernet_repvgg_b0.py with another backbone. RepMLPNet has no stem level (levels
+# 0..3 are its stages) and cuts each stage into fixed partitions: the input's height and width must be
+# multiples of 256 (Cityscapes' 512x1024 crops and whole 1024x2048 images are). The heads' in_channels are
+# repzoo.integrations.openmmlab.stage_channels("RepMLPNet-B256", (0, 1, 2, 3)); the tests check them.
+_base_ = "./upernet_repvgg_b0.py"
 model = dict(
-    type="EncoderDecoder",
-    data_preprocessor=dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-                           bgr_to_rgb=True, pad_val=0, seg_pad_val=255),
-    backbone=dict(type="RepZooBackbone", model_name="RepMLPNet-B256", out_indices=(0, 1, 2, 3), frozen_stages=-1,
-                  norm_eval=False, deploy=False, pretrained=True),
-    decode_head=dict(
-        type="UPerHead",
-        in_channels=[96, 192, 384, 768],
-        in_index=[0, 1, 2, 3],
-        pool_scales=(1, 2, 3, 6),
-        channels=512,
-        dropout_ratio=0.1,
-        num_classes=19,
-        norm_cfg=dict(type="SyncBN", requires_grad=True),
-        align_corners=False,
-        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
-    ),
-    auxiliary_head=dict(
-        type="FCNHead",
-        in_channels=384,
-        in_index=2,
-        channels=256,
-        num_convs=1,
-        concat_input=False,
-        dropout_ratio=0.1,
-        num_classes=19,
-        norm_cfg=dict(type="SyncBN", requires_grad=True),
-        align_corners=False,
-        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4),
-    ),
-    train_cfg=dict(),
-    test_cfg=dict(mode="whole"),
+    backbone=dict(model_name="RepMLPNet-B256", out_indices=(0, 1, 2, 3)),
+    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=19),
+    auxiliary_head=dict(in_channels=384, num_classes=19),
 )
