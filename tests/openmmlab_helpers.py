@@ -175,7 +175,8 @@ data_root = {str(data_root) + "/"!r}
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 randomness = dict(seed=0)
 # a random backbone under norm_eval: a smaller step, clipped, so a few iterations stay finite
-optim_wrapper = dict(optimizer=dict(lr=0.002), clip_grad=dict(max_norm=10, norm_type=2))
+optim_wrapper = dict(_delete_=True, type="OptimWrapper", clip_grad=dict(max_norm=10, norm_type=2),
+                     optimizer=dict(type="SGD", lr=0.002, momentum=0.9, weight_decay=0.0001))
 '''
     if library == "mmdet":
         text = common + f'''metainfo = dict(classes=("a", "b", "c"))
