@@ -1,4 +1,5 @@
-"""Real mmdetection detectors (RetinaNet, FCOS, with FPN) with repzoo backbones, built from configs/mmdet."""
+"""Real mmdetection detectors (RetinaNet, FCOS, with FPN) with repzoo backbones, built from configs/mmdet's model
+fragments; and mmdet's own tools/train.py and tools/test.py on a tiny COCO-format set (heavy tier)."""
 from __future__ import annotations
 
 import pytest
@@ -8,14 +9,14 @@ import repzoo
 from repzoo.reparam import is_deploy
 
 from conftest import randomize_bn
-from openmmlab_helpers import (build, det_batch, flat_outputs, load_config, optim_wrapper, rel, require,
-                               scope)
+from openmmlab_helpers import (build, det_batch, flat_outputs, rel, require, scope, sgd, small_model_config,
+                               tools_round_trip)
 
 require("mmdet")
 
-CONFIGS = {
+CONFIGS = {  # model fragments of configs/mmdet/_base_/models
     "retinanet_repvgg_a0_fpn.py": ("RetinaNet", "RepVGG-A0"),
-    "fcos_repghostnet_fpn.py": ("FCOS", "RepGhostNet-1.0x"),
+    "fcos_repghostnet_1_0x_fpn.py": ("FCOS", "RepGhostNet-1.0x"),
 }
 
 
@@ -26,24 +27,9 @@ def _mmdet(one_thread):
 
 
 def _config(name, **backbone):
-    cfg = load_config(f"mmdet/{name}")
-    cfg.model.backbone.update(backbone)
+    cfg = small_model_config("mmdet", name, **backbone)
     cfg.model.test_cfg.score_thr = 0.0  # untrained heads score below 0.05: keep boxes, so NMS runs
     return cfg
-
-
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_config_names_the_backbone_and_its_channels(name):
-    from mmdet.registry import MODELS
-
-    from repzoo.integrations.openmmlab import RepZooBackbone, stage_channels
-
-    cfg = load_config(f"mmdet/{name}")
-    assert cfg.custom_imports.imports == ["repzoo.integrations.mmdet"]
-    assert MODELS.get("RepZooBackbone") is RepZooBackbone
-    detector, backbone = CONFIGS[name]
-    assert cfg.model.type == detector and cfg.model.backbone.model_name == backbone
-    assert cfg.model.neck.in_channels == stage_channels(backbone, cfg.model.backbone.out_indices)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -82,7 +68,7 @@ def test_detector_tensor_loss_predict_train_step_test_step(name):
             assert p.grad is not None and p.grad.abs().sum() > 0, n
 
     # train_step: optimizer steps change the backbone's trainable weights, not its frozen ones
-    wrapper = optim_wrapper(model, cfg)
+    wrapper = sgd(model)
     model.zero_grad()
     before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
     for _ in range(2):
@@ -111,7 +97,7 @@ def test_reparameterize_the_fine_tuned_detector(name, float64):
     torch.manual_seed(0)
     cfg = _config(name, frozen_stages=-1, norm_eval=False)
     model = build(cfg, "mmdet")
-    wrapper = optim_wrapper(model, cfg)
+    wrapper = sgd(model)
     data = det_batch(seed=1)
     for _ in range(3):
         model.train_step(data, wrapper)
@@ -137,7 +123,7 @@ def test_deploy_detector_from_a_train_checkpoint(name, float64, tmp_path):
     torch.manual_seed(0)
     cfg = _config(name)
     train = build(cfg, "mmdet")
-    train.train_step(det_batch(seed=2), optim_wrapper(train, cfg))
+    train.train_step(det_batch(seed=2), sgd(train))
     randomize_bn(train.backbone)  # norm_eval kept the statistics at their init: give them trained ones
     train.eval()
     path = tmp_path / "detector.pth"
@@ -156,3 +142,18 @@ def test_deploy_detector_from_a_train_checkpoint(name, float64, tmp_path):
         fresh = build(backbone_cfg, "mmdet").eval()
         for a, b in zip(fresh.backbone(x), train.backbone(x)):
             assert rel(a, b) < 1e-10
+
+
+@pytest.mark.heavy
+def test_mmdet_tools_train_resume_test_deploy(tmp_path):
+    """mmdet's own tools/train.py and tools/test.py, run as docs/detection_segmentation.md runs them, on a tiny
+    COCO-format set with a config that inherits configs/mmdet/retinanet_repvgg_a0_fpn_1x_coco.py."""
+    figures = tools_round_trip("mmdet", "mmdet/retinanet_repvgg_a0_fpn_1x_coco.py", tmp_path)
+    print(figures)
+    assert figures["doc_config"] == "configs/mmdet/retinanet_repvgg_a0_fpn_1x_coco.py"
+    assert figures["resumed"] == ["resumed epoch: 1, iter: 2"]  # 4 images, batch 2: 2 iterations an epoch
+    assert len(figures["first_losses"]) == len(figures["last_losses"]) == 2
+    assert all(0 < v < 100 for v in figures["first_losses"] + figures["last_losses"])
+    (test,), (deploy,) = figures["test"], figures["test_deploy"]
+    assert 0 <= test <= 1 and deploy == test  # the deploy form: the same boxes, the same mAP
+    assert figures["deploy_difference"] < 1e-5 and figures["reloaded"]

@@ -1,4 +1,5 @@
-"""Real mmsegmentation segmentors (FPN + FPNHead, UPerNet) with repzoo backbones, built from configs/mmseg."""
+"""Real mmsegmentation segmentors (FPN + FPNHead, UPerNet) with repzoo backbones, built from configs/mmseg's model
+fragments; and mmseg's own tools/train.py and tools/test.py on a tiny ADE20K-layout set (heavy tier)."""
 from __future__ import annotations
 
 import pytest
@@ -7,14 +8,15 @@ import torch
 import repzoo
 from repzoo.reparam import is_deploy
 
-from openmmlab_helpers import build, load_config, optim_wrapper, rel, require, scope, seg_batch
+from openmmlab_helpers import build, rel, require, scope, seg_batch, sgd, small_model_config, tools_round_trip
 
 require("mmseg")
 
-CONFIGS = {
+CONFIGS = {  # model fragments of configs/mmseg/_base_/models
     "fpn_repopt_vgg_b1.py": ("FPNHead", "RepOpt-VGG-B1"),
     "upernet_repvgg_b0.py": ("UPerHead", "RepVGG-B0"),
 }
+FROZEN = {"fpn_repopt_vgg_b1.py": 2, "upernet_repvgg_b0.py": -1}  # one with frozen stages, one without
 
 
 @pytest.fixture(autouse=True)
@@ -24,27 +26,7 @@ def _mmseg(one_thread):
 
 
 def _config(name, **backbone):
-    cfg = load_config(f"mmseg/{name}")
-    cfg.model.backbone.update(backbone)
-    return cfg
-
-
-def _in_channels(cfg):
-    return (cfg.model.neck if "neck" in cfg.model else cfg.model.decode_head).in_channels
-
-
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_config_names_the_backbone_and_its_channels(name):
-    from mmseg.registry import MODELS
-
-    from repzoo.integrations.openmmlab import RepZooBackbone, stage_channels
-
-    cfg = load_config(f"mmseg/{name}")
-    assert cfg.custom_imports.imports == ["repzoo.integrations.mmseg"]
-    assert MODELS.get("RepZooBackbone") is RepZooBackbone
-    head, backbone = CONFIGS[name]
-    assert cfg.model.decode_head.type == head and cfg.model.backbone.model_name == backbone
-    assert _in_channels(cfg) == stage_channels(backbone, cfg.model.backbone.out_indices)
+    return small_model_config("mmseg", name, **dict(dict(frozen_stages=FROZEN[name]), **backbone))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -65,7 +47,7 @@ def test_segmentor_tensor_loss_predict_train_step_test_step(name):
 
     # tensor mode: the decode head's logits at stride 4
     out = model(batch["inputs"], batch["data_samples"], mode="tensor")
-    assert out.shape == (2, cfg.num_classes, 16, 16)
+    assert out.shape == (2, 4, 16, 16)
 
     # loss mode + backward
     losses = model(batch["inputs"], batch["data_samples"], mode="loss")
@@ -78,7 +60,7 @@ def test_segmentor_tensor_loss_predict_train_step_test_step(name):
         assert (p.grad is None) == (id(p) in frozen), n
 
     # train_step
-    wrapper = optim_wrapper(model, cfg)
+    wrapper = sgd(model)
     model.zero_grad()
     before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
     for _ in range(2):
@@ -95,8 +77,8 @@ def test_segmentor_tensor_loss_predict_train_step_test_step(name):
     for pred, result in zip(preds, results):
         assert isinstance(result, SegDataSample)
         assert result.pred_sem_seg.data.shape == (1, 64, 64)
-        assert result.seg_logits.data.shape == (cfg.num_classes, 64, 64)
-        assert int(result.pred_sem_seg.data.max()) < cfg.num_classes
+        assert result.seg_logits.data.shape == (4, 64, 64)
+        assert int(result.pred_sem_seg.data.max()) < 4
         assert torch.allclose(pred.seg_logits.data, result.seg_logits.data)
 
 
@@ -105,7 +87,7 @@ def test_reparameterize_the_fine_tuned_segmentor(name, float64):
     torch.manual_seed(0)
     cfg = _config(name)
     model = build(cfg, "mmseg")
-    wrapper = optim_wrapper(model, cfg)
+    wrapper = sgd(model)
     data = seg_batch(seed=1)
     for _ in range(2):
         model.train_step(data, wrapper)
@@ -121,3 +103,18 @@ def test_reparameterize_the_fine_tuned_segmentor(name, float64):
         assert rel(model(x, mode="tensor"), out) < 1e-10
         # and the converted segmentor still predicts through test_step
         assert model.test_step(data)[0].pred_sem_seg.data.shape == (1, 64, 64)
+
+
+@pytest.mark.heavy
+def test_mmseg_tools_train_resume_test_deploy(tmp_path):
+    """mmseg's own tools/train.py and tools/test.py, run as docs/detection_segmentation.md runs them, on a tiny
+    ADE20K-layout set (4 classes through metainfo) with a config that inherits
+    configs/mmseg/upernet_repvgg_b0_4xb4-160k_ade20k-512x512.py."""
+    figures = tools_round_trip("mmseg", "mmseg/upernet_repvgg_b0_4xb4-160k_ade20k-512x512.py", tmp_path)
+    print(figures)
+    assert figures["resumed"] == ["resumed epoch: 0, iter: 2"]
+    assert len(figures["first_losses"]) == len(figures["last_losses"]) == 2
+    assert all(0 < v < 100 for v in figures["first_losses"] + figures["last_losses"])
+    (test,), (deploy,) = figures["test"], figures["test_deploy"]
+    assert 0 <= test <= 100 and abs(deploy - test) <= 0.01
+    assert figures["deploy_difference"] < 1e-5 and figures["reloaded"]

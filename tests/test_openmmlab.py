@@ -13,12 +13,14 @@ import repzoo
 from repzoo.errors import IncompatibleCheckpointError, InvalidArgumentError
 
 from conftest import REPO_ROOT, randomize_bn, run_example
-from openmmlab_helpers import rel, require
+from openmmlab_helpers import (CONFIGS, DOC, FULL_CONFIGS, doc_blocks, doc_commands, load_config, rel, require, scope,
+                               small_model_config)
 
 require("mmengine")
 require("mmcv")
 
-from repzoo.integrations.openmmlab import RepZooBackbone, patch_mmcv_lite, stage_channels  # noqa: E402
+from repzoo.integrations.openmmlab import (RepZooBackbone, allow_mmengine_checkpoints, patch_mmcv_lite,  # noqa: E402
+                                           stage_channels)
 
 
 @pytest.fixture(autouse=True)
@@ -237,7 +239,19 @@ def test_patch_mmcv_lite_gives_nms_and_refuses_the_other_ops():
     if not patch_mmcv_lite():
         pytest.skip("a compiled mmcv is installed: the layer rightly does nothing")
     assert patch_mmcv_lite() is True  # idempotent
+    import importlib.util
+    import pkgutil
+
     import mmcv.ops  # fails on mmcv-lite without the layer (No module named 'mmcv._ext')
+    from mmengine.utils.dl_utils import mmcv_full_available
+
+    ext = sys.modules["mmcv._ext"]
+    assert importlib.util.find_spec("mmcv._ext") is ext.__spec__ and ext.__spec__.loader is not None
+    assert pkgutil.find_loader("mmcv._ext") is ext.__spec__.loader and mmcv_full_available()
+    from mmengine.model.utils import revert_sync_batchnorm  # what Runner.wrap_model calls on one process
+
+    reverted = revert_sync_batchnorm(torch.nn.Sequential(torch.nn.SyncBatchNorm(4)))
+    assert type(reverted[0]).__name__ == "_BatchNormXd"
 
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(200, 2, generator=g) * 50
@@ -284,22 +298,21 @@ def test_patch_mmcv_lite_leaves_a_compiled_mmcv_and_a_missing_one_alone(tmp_path
 
 # --------------------------------------------------------------------------- the documentation
 
-DOC = REPO_ROOT / "docs" / "detection_segmentation.md"
+
+def _example(library):
+    found = [b for b in doc_blocks() if f"{library}.registry import MODELS" in b]
+    assert len(found) == 1, library
+    return found[0]
 
 
-def _doc_blocks():
-    import re
-
-    return re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
-
-
-def test_the_doc_has_one_example_per_library():
-    blocks = _doc_blocks()
-    assert len(blocks) == 2 and "mmdet.registry" in blocks[0] and "mmseg.registry" in blocks[1]
+def test_the_doc_has_one_example_per_library_and_the_conversion_script():
+    blocks = doc_blocks()
+    assert len(blocks) == 3 and sum("CHECKPOINT = " in b for b in blocks) == 1
+    _example("mmdet"), _example("mmseg")
 
 
-@pytest.mark.parametrize("index, library", [(0, "mmdet"), (1, "mmseg")])
-def test_doc_example_runs(index, library, monkeypatch, capsys):
+@pytest.mark.parametrize("library", ["mmdet", "mmseg"])
+def test_doc_example_runs(library, monkeypatch, capsys):
     """Run as written, from the repository root (the examples load configs/ by relative path)."""
     require(library)
     from mmengine.registry import DefaultScope
@@ -308,9 +321,186 @@ def test_doc_example_runs(index, library, monkeypatch, capsys):
     saved = dict(DefaultScope._instance_dict)
     try:
         torch.manual_seed(0)
-        run_example(_doc_blocks()[index], f"{DOC.name} block {index}")
+        run_example(_example(library), f"{DOC.name} ({library})")
     finally:
         DefaultScope._instance_dict.clear()
         DefaultScope._instance_dict.update(saved)
     out = capsys.readouterr().out
     assert "torch.Size([1, 64, 64])" in out if library == "mmseg" else "loss_cls" in out
+
+
+def test_the_doc_commands_name_a_shipped_config_and_the_runner():
+    """The commands the heavy tier runs (tests/test_mmdet.py, test_mmseg.py) name a config of configs/."""
+    bash = doc_commands()
+    config = [line.split("=", 1)[1] for line in bash.splitlines() if line.startswith("CONFIG=")]
+    assert config and (REPO_ROOT / config[0]).is_file() and config[0][len("configs/"):] in FULL_CONFIGS
+    runs = [line for line in bash.splitlines() if line.startswith("python ")]
+    assert len(runs) == 4 and all(r.startswith("python -m repzoo.integrations.openmmlab mmdet ") for r in runs)
+    assert sum("--resume" in r for r in runs) == 1 and sum("model.backbone.deploy=True" in r for r in runs) == 1
+
+
+# --------------------------------------------------------------------------- configs/
+
+
+@pytest.mark.parametrize("config", sorted(FULL_CONFIGS))
+def test_full_config_inherits_the_library_bases(config):
+    """A full config loads (its ``mmdet::`` / ``mmseg::`` bases resolve), carries the library's dataset,
+    schedule and runtime, and the backbone with its released weights; its model fragment is exactly the model."""
+    library, fragment, backbone, dataset, length = FULL_CONFIGS[config]
+    require(library)
+    from mmengine.registry import MODELS as ROOT
+
+    cfg = load_config(config)
+    assert cfg.default_scope == library and cfg.custom_imports.imports == [f"repzoo.integrations.{library}"]
+    assert ROOT.get(f"{library}.RepZooBackbone") is RepZooBackbone  # the custom_imports registered it
+    assert cfg.model.backbone.type == "RepZooBackbone" and cfg.model.backbone.model_name == backbone
+    assert cfg.model.backbone.pretrained is True
+    assert cfg.train_dataloader.dataset.type == dataset and cfg.test_evaluator.type in ("CocoMetric", "IoUMetric")
+    assert (cfg.train_cfg.get("max_epochs") or cfg.train_cfg.get("max_iters")) == length
+    neck = cfg.model.get("neck")
+    in_channels = (neck if neck is not None else cfg.model.decode_head).in_channels
+    assert in_channels == stage_channels(backbone, cfg.model.backbone.out_indices)
+    model_only = load_config(f"{library}/_base_/models/{fragment}")
+    assert set(model_only.keys()) == {"custom_imports", "model"}  # composes with any base, no key twice
+    if library == "mmseg":
+        assert cfg.model.data_preprocessor.size == cfg.crop_size
+        heads = [cfg.model.decode_head] + ([cfg.model.auxiliary_head] if "auxiliary_head" in cfg.model else [])
+        assert {h.num_classes for h in heads} == {150 if dataset == "ADE20KDataset" else 19}
+    else:
+        assert cfg.model.bbox_head.num_classes == 80
+
+
+def test_every_config_is_checked_and_every_family_covered():
+    shipped = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.py")}
+    fragments = {f"{lib}/_base_/models/{frag}" for lib, frag, *_ in FULL_CONFIGS.values()}
+    assert shipped == set(FULL_CONFIGS) | fragments
+    families = {b.split("-")[0] for _, _, b, *_ in FULL_CONFIGS.values()}
+    assert {"RepVGG", "RepOpt", "RepGhostNet", "OREPA", "RepMLPNet"} <= families
+
+
+@pytest.mark.parametrize("config", ["mmseg/upernet_repmlpnet_b256_4xb2-80k_cityscapes-512x1024.py",
+                                    "mmdet/retinanet_orepa_resnet_50_fpn_1x_coco.py"])
+def test_the_families_that_return_four_levels_build_and_run(config):
+    """OREPA-ResNet and RepMLPNet have no stem level: their fragments take levels 0..3; built small."""
+    library, fragment, *_ = FULL_CONFIGS[config]
+    require(library)
+    cfg = small_model_config(library, fragment)
+    with scope(library):
+        model = __import__(f"{library}.registry", fromlist=["MODELS"]).MODELS.build(cfg.model).eval()
+    size = 256 if "repmlpnet" in config else 64  # RepMLPNet-B256: sides that are multiples of 256
+    with torch.no_grad():
+        feats = model.backbone(torch.rand(1, 3, size, size))
+    assert [f.shape[1] for f in feats] == list(model.backbone.out_channels)
+    assert [size // f.shape[-1] for f in feats] == [4, 8, 16, 32]
+
+
+# --------------------------------------------------------------------------- mmengine's checkpoints and the load hook
+
+
+def test_mmengine_checkpoints_load_with_weights_only(tmp_path):
+    """What mmengine's CheckpointHook writes (a message hub of HistoryBuffers with numpy arrays) loads with the
+    weights_only check on after the allow-list; a pickle that asks getattr for anything else is refused."""
+    import pickle
+
+    import numpy as np
+    from mmengine.logging import MessageHub
+
+    hub = MessageHub.get_instance("repzoo-test-ckpt")
+    for v in (2.5, 1.25):
+        hub.update_scalar("train/loss", v)
+    hub.update_info("iter", np.int64(7))
+    path = tmp_path / "epoch_1.pth"
+    torch.save({"meta": {"epoch": 1, "seed": 0}, "state_dict": {"w": torch.ones(2)},
+                "message_hub": hub.state_dict()}, path)
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()  # (other tests may have allow-listed them already)
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        with pytest.raises(pickle.UnpicklingError, match="HistoryBuffer"):
+            torch.load(path)
+        allow_mmengine_checkpoints()
+        names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+                 for g in torch.serialization.get_safe_globals()}
+        assert "mmengine.logging.history_buffer.HistoryBuffer" in unsafe and unsafe <= names
+        loaded = torch.load(path)  # weights_only=True: torch's default
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(saved)
+        allow_mmengine_checkpoints()
+    assert loaded["message_hub"]["log_scalars"]["train/loss"].mean() == 1.875
+    assert loaded["message_hub"]["runtime_info"]["iter"] == 7
+
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    class Reach:  # the allow-listed getattr asked for anything but a statistic (the way to a function's globals)
+        def __reduce__(self):
+            return getattr, (HistoryBuffer, "__init__")
+
+    bad = tmp_path / "bad.pth"
+    torch.save({"x": Reach()}, bad)
+    with pytest.raises(pickle.UnpicklingError, match="refused: getattr"):
+        torch.load(bad)
+
+
+@pytest.mark.parametrize("loader", ["torch", "mmengine"])
+def test_a_deploy_backbone_converts_a_whole_model_train_checkpoint_on_load(loader, float64, tmp_path):
+    """``tools/test.py CKPT`` with ``backbone.deploy=True``: mmengine's non-strict load of a whole detector's
+    train-form state dict converts the backbone (the load hook), and a file of neither form is refused."""
+    from mmengine.runner import load_checkpoint
+
+    torch.manual_seed(0)
+    holder = lambda **kw: torch.nn.ModuleDict(dict(backbone=RepZooBackbone("RepVGG-A0", **kw),  # noqa: E731
+                                                   neck=torch.nn.Conv2d(1280, 4, 1)))
+    train = holder()
+    randomize_bn(train["backbone"])
+    train.eval()
+    path = tmp_path / "epoch_1.pth"
+    torch.save({"meta": {}, "state_dict": train.state_dict()}, path)
+    deploy = holder(deploy=True).eval()
+    if loader == "torch":
+        deploy.load_state_dict(torch.load(path)["state_dict"])
+    else:
+        load_checkpoint(deploy, str(path), strict=False)
+    x = _x()
+    with torch.no_grad():
+        assert all(rel(a, b) < 1e-10 for a, b in zip(deploy["backbone"](x), train["backbone"](x)))
+        assert torch.equal(deploy["neck"].weight, train["neck"].weight)
+    other = {k.replace("backbone.", "backbone.x."): v for k, v in train.state_dict().items()}
+    with pytest.raises(IncompatibleCheckpointError, match="either form"):
+        holder(deploy=True).load_state_dict(other, strict=False)
+    with pytest.raises(IncompatibleCheckpointError, match="deploy=True"):
+        holder().load_state_dict(deploy.state_dict(), strict=False)
+
+
+# --------------------------------------------------------------------------- the tool runner
+
+
+def test_the_runner_names_the_tools_and_refuses_what_it_cannot_run():
+    from repzoo.integrations.openmmlab import main, tool_path
+
+    for library in ("mmdet", "mmseg"):
+        require(library)
+        for tool in ("train", "test"):
+            path = tool_path(library, tool)
+            assert path.endswith(os.path.join(".mim", "tools", f"{tool}.py")) and os.path.isfile(path)
+    with pytest.raises(InvalidArgumentError, match="no tools/nope.py.*train"):
+        tool_path("mmdet", "nope")
+    with pytest.raises(InvalidArgumentError, match="one of mmdet, mmseg"):
+        tool_path("mmpose", "train")
+    assert main(["mmpose", "train"]) == 2
+
+
+def test_mmdet_test_script_starts_through_the_runner():
+    """mmdet's tools/test.py imports mmcv.ops before it reads a config: through the runner it gets to argparse."""
+    require("mmdet")
+    out = _run("""
+        import sys
+        from repzoo.integrations.openmmlab import main
+        try:
+            main(["mmdet", "test", "--help"])
+        except SystemExit as e:
+            print("exit", e.code)
+        from mmengine.utils.dl_utils import mmcv_full_available
+        print(mmcv_full_available(), sys.modules["mmcv._ext"].__spec__.origin)
+    """)
+    assert "checkpoint" in out and out.splitlines()[-2:] == ["exit 0", "True repzoo.integrations.openmmlab"]

@@ -7,8 +7,9 @@
 * :mod:`repzoo.integrations.mmdet` — registers ``RepZooBackbone`` in mmdetection's ``MODELS``;
 * :mod:`repzoo.integrations.mmseg` — the same for mmsegmentation;
 * :mod:`repzoo.integrations.openmmlab` — the backbone itself (independent of which registry),
-  :func:`~repzoo.integrations.openmmlab.stage_channels` for a neck's ``in_channels``, and the
-  mmcv-lite compatibility layer.
+  :func:`~repzoo.integrations.openmmlab.stage_channels` for a neck's ``in_channels``, the
+  mmcv-lite compatibility layer, the allow-list of mmengine's checkpoint globals, and the runner of the
+  libraries' own tools (``python -m repzoo.integrations.openmmlab mmdet train CONFIG``).
 
 In an OpenMMLab config: ``custom_imports = dict(imports=["repzoo.integrations.mmdet"])`` (or ``...mmseg``).
 """

@@ -2,23 +2,40 @@
 
 :class:`RepZooBackbone` is an ``mmengine`` ``BaseModule`` that holds
 ``repzoo.create_model(model_name, features_only=True, out_indices=...)`` and returns a tuple of stage
-feature maps. It is registered by :mod:`repzoo.integrations.mmdet` and :mod:`repzoo.integrations.mmseg`
-(this module knows no registry). :func:`stage_channels` gives the channels of those maps, for the
-neck's ``in_channels``.
+feature maps. :func:`register` puts it in mmdetection's or mmsegmentation's ``MODELS`` (what
+:mod:`repzoo.integrations.mmdet` / :mod:`repzoo.integrations.mmseg` call). :func:`stage_channels`
+gives the channels of those maps, for the neck's ``in_channels``.
 
 Weights come either from the manifest (``pretrained=True``) or from a file
 (``init_cfg=dict(type="Pretrained", checkpoint=path)``); both go through repzoo's own loader —
 official formats and wrappers, strict keys and shapes, a train-time file converted for a
-``deploy=True`` backbone — not through mmengine's non-strict one.
+``deploy=True`` backbone — not through mmengine's non-strict one. A whole-detector (segmentor)
+checkpoint loaded by mmengine (``tools/test.py CONFIG CKPT``, ``load_from``) passes through the
+backbone's load hook: a train-form backbone is converted for a ``deploy=True`` one, and keys of
+neither form are refused rather than left at random weights.
 
 :func:`patch_mmcv_lite` lets mmdet / mmseg import and run on mmcv-lite (mmcv without its compiled
-ops): it registers a stand-in ``mmcv._ext`` whose ``nms`` is ``torchvision.ops.nms`` and whose
-other ops raise ``NotImplementedError`` when called. It does nothing when a compiled mmcv is
+ops): it registers a stand-in ``mmcv._ext`` (a real module spec and loader, so that mmengine's
+``mmcv_full_available()`` and ``importlib`` find it) whose ``nms`` is ``torchvision.ops.nms`` and
+whose other ops raise ``NotImplementedError`` when called. It does nothing when a compiled mmcv is
 installed, or when mmcv is not installed at all.
+
+:func:`allow_mmengine_checkpoints` allow-lists, for ``torch.load(weights_only=True)``, exactly the
+classes that mmengine's ``CheckpointHook`` pickles into a checkpoint's ``meta``, so ``--resume``,
+``tools/test.py`` and ``torch.load("epoch_12.pth")`` read mmengine's own files with the check on.
+
+mmdetection's ``tools/test.py`` imports ``mmcv.ops`` before it reads a config, so run the tools
+through this module (``python -m repzoo.integrations.openmmlab mmdet test CONFIG CKPT``): it puts
+the layer in place, then runs the installed package's own ``tools/<tool>.py``.
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
+import os
+import pickle
+import runpy
 import sys
 import types
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -27,14 +44,16 @@ import torch
 from mmengine.model import BaseModule
 from torch import nn
 
-from ..errors import InvalidArgumentError
+from ..errors import IncompatibleCheckpointError, InvalidArgumentError
 from ..factory import create_model
 from ..models.base import feature_indices
+from ..reparam import convert_state_dict
 from ..registry import resolve_name
 from ..weights.adapters import adapt_state_dict, detect_key_style
 from ..weights.checkpoint import checkpoint_form, load_checkpoint, read_state_dict
 
-__all__ = ["RepZooBackbone", "stage_channels", "patch_mmcv_lite"]
+__all__ = ["RepZooBackbone", "stage_channels", "patch_mmcv_lite", "allow_mmengine_checkpoints", "register",
+           "tool_path", "main"]
 
 DEFAULT_OUT_INDICES = (1, 2, 3, 4)
 
@@ -106,8 +125,13 @@ class RepZooBackbone(BaseModule):
                                        f"({self.out_indices[-1]}): the backbone would have nothing to train")
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.model.set_grad_checkpointing(with_cp)
+        if hasattr(self.model, "set_grad_checkpointing"):
+            self.model.set_grad_checkpointing(with_cp)
+        elif with_cp:
+            raise InvalidArgumentError(f"with_cp=True: {model_name}'s feature model has no activation checkpointing; "
+                                       "pass with_cp=False")
         self._freeze_stages()
+        self._register_load_state_dict_pre_hook(self._convert_on_load)
 
     # -- structure
 
@@ -134,6 +158,31 @@ class RepZooBackbone(BaseModule):
         return tuple(self.model(x))
 
     # -- weights
+
+    def _convert_on_load(self, state_dict, prefix, *args) -> None:
+        """Before ``load_state_dict`` (torch's or mmengine's non-strict one) reads this backbone's keys from a
+        whole model's state dict: a train-form backbone is converted in place for a deploy backbone; keys that
+        are of neither form are refused (mmengine would only warn, and evaluate random weights)."""
+        mine = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not mine:
+            return  # nothing of the backbone in this file (a neck-only file, a partial load): mmengine reports it
+        local = {k[len(prefix):]: v for k, v in mine.items()}
+        own = set(self.state_dict())
+        if set(local) == own:
+            return
+        if self.deploy and checkpoint_form(self, local) == "train":
+            converted = convert_state_dict(self, local)
+            for k in mine:
+                del state_dict[k]
+            state_dict.update({prefix + k: v for k, v in converted.items()})
+            return
+        form = "deploy" if not self.deploy and checkpoint_form(self, local) == "deploy" else None
+        missing, unexpected = sorted(own - set(local)), sorted(set(local) - own)
+        what = (f"a deploy-form (converted) {self.model_name}: build the backbone with deploy=True "
+                "(--cfg-options model.backbone.deploy=True)" if form else
+                f"not {self.model_name} in either form ({len(missing)} missing, e.g. {missing[:3]}; "
+                f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}): check model_name and out_indices")
+        raise IncompatibleCheckpointError(f"The checkpoint's {prefix or 'backbone '}keys are {what}.")
 
     def init_weights(self) -> None:
         """mmengine's initialization for every ``init_cfg`` but ``Pretrained``, which is loaded with
@@ -246,6 +295,17 @@ class _LiteExt(types.ModuleType):
         return unavailable
 
 
+class _LiteLoader(importlib.abc.Loader):
+    """The loader of the stand-in ``mmcv._ext`` (so ``importlib.util.find_spec`` / ``pkgutil.find_loader``
+    and ``importlib.reload`` treat it as the module it replaces)."""
+
+    def create_module(self, spec):
+        return _LiteExt(spec.name, "repzoo's stand-in for mmcv's compiled ops (mmcv-lite)")
+
+    def exec_module(self, module) -> None:
+        return None
+
+
 def patch_mmcv_lite() -> bool:
     """Let mmcv-lite stand in for mmcv: True when the stand-in ``mmcv._ext`` is (or already was) in place.
 
@@ -259,7 +319,115 @@ def patch_mmcv_lite() -> bool:
 
     if "mmcv._ext" in sys.modules or importlib.util.find_spec("mmcv._ext") is not None:
         return False  # compiled mmcv: leave it alone
-    ext = _LiteExt("mmcv._ext", "repzoo's stand-in for mmcv's compiled ops (mmcv-lite)")
+    spec = importlib.machinery.ModuleSpec("mmcv._ext", _LiteLoader(), origin="repzoo.integrations.openmmlab")
+    ext = importlib.util.module_from_spec(spec)
     sys.modules["mmcv._ext"] = ext
     mmcv._ext = ext
     return True
+
+
+# --------------------------------------------------------------------------- mmengine's checkpoints
+
+
+def _history_buffer_statistic(owner, name: str):
+    """The one ``getattr`` an mmengine checkpoint pickles: a ``HistoryBuffer`` pickles its table of statistics
+    (``min``, ``max``, ``mean``, ``current``) as ``getattr(HistoryBuffer, name)``. Allow-listed under the name
+    ``builtins.getattr`` in place of the built-in, it gives those and refuses anything else (the built-in would
+    reach any attribute of anything, which is how a pickle runs code)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    statistics = {"min", "max", "mean", "current", *HistoryBuffer._statistics_methods}  # (filled lazily)
+    if owner is HistoryBuffer and isinstance(name, str) and name in statistics:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f"refused: getattr({owner!r}, {name!r}) (an mmengine checkpoint only asks "
+                                 "for HistoryBuffer's statistics)")
+
+
+def _mmengine_checkpoint_globals() -> list:
+    """What mmengine 0.10's ``CheckpointHook`` pickles besides tensors and plain containers (measured with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on mmdet's and mmseg's ``tools/train.py``
+    checkpoints): the message hub's ``HistoryBuffer`` with its numpy arrays of logged scalars, and its
+    statistics table (see :func:`_history_buffer_statistic`)."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
+    numpy_globals = []
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2's name and numpy 1's
+        numpy_globals += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    # the dtypes of the logged arrays (float64 values, int64 counts) and of numpy scalars logged as they are
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr"), (np.ndarray, "numpy.ndarray"),
+            (np.dtype, "numpy.dtype"), *dtypes, *numpy_globals]
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Allow-list, for ``torch.load(weights_only=True)``, exactly the globals mmengine writes into its
+    checkpoints (never turning the check off); idempotent."""
+    torch.serialization.add_safe_globals(_mmengine_checkpoint_globals())
+
+
+# --------------------------------------------------------------------------- registries and tools
+
+_LIBRARIES = ("mmdet", "mmseg")
+
+
+def register(library: str):
+    """Put :class:`RepZooBackbone` in ``library``'s ``MODELS`` (``"mmdet"`` or ``"mmseg"``), after the mmcv-lite
+    layer and the checkpoint allow-list; returns that registry."""
+    if library not in _LIBRARIES:
+        raise InvalidArgumentError(f"library={library!r}: one of {', '.join(_LIBRARIES)}")
+    patch_mmcv_lite()
+    allow_mmengine_checkpoints()
+    models = importlib.import_module(f"{library}.registry").MODELS
+    models.register_module(name="RepZooBackbone", module=RepZooBackbone, force=True)
+    return models
+
+
+def tool_path(library: str, tool: str) -> str:
+    """The path of ``library``'s own ``tools/<tool>.py`` as the package installs it (``<mmdet>/.mim/tools``)."""
+    if library not in _LIBRARIES:
+        raise InvalidArgumentError(f"library={library!r}: one of {', '.join(_LIBRARIES)}")
+    spec = importlib.util.find_spec(library)
+    if spec is None or not spec.origin:
+        raise InvalidArgumentError(f"{library} is not installed: pip install 'repzoo[mm-lite]' (or 'repzoo[mm]').")
+    tools = os.path.join(os.path.dirname(spec.origin), ".mim", "tools")
+    path = os.path.join(tools, tool if tool.endswith(".py") else tool + ".py")
+    if not os.path.isfile(path):
+        found = sorted(f[:-3] for f in os.listdir(tools) if f.endswith(".py")) if os.path.isdir(tools) else []
+        raise InvalidArgumentError(f"{library} has no tools/{tool}.py (it has: {', '.join(found) or 'no tools'}); "
+                                   "a sub-folder's tool is named as in analysis_tools/get_flops")
+    return path
+
+
+USAGE = """usage: python -m repzoo.integrations.openmmlab {mmdet,mmseg} TOOL [ARGS ...]
+
+Runs the installed library's own tools/TOOL.py (train, test, analysis_tools/get_flops, ...) with ARGS,
+after registering RepZooBackbone, the mmcv-lite layer and the allow-list of mmengine's checkpoint globals.
+  python -m repzoo.integrations.openmmlab mmdet train configs/mmdet/retinanet_repvgg_a0_fpn_1x_coco.py
+  python -m repzoo.integrations.openmmlab mmdet test CONFIG work_dirs/.../epoch_12.pth
+"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m repzoo.integrations.openmmlab LIBRARY TOOL ARGS...``: the tool runs as its own ``__main__``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2 or argv[0] not in _LIBRARIES:
+        sys.stderr.write(USAGE)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    library, tool, args = argv[0], argv[1], argv[2:]
+    path = tool_path(library, tool)
+    register(library)
+    saved = sys.argv
+    sys.argv = [path, *args]
+    try:
+        runpy.run_path(path, run_name="__main__")
+    finally:
+        sys.argv = saved
+    return 0
+
+
+if __name__ == "__main__":  # the module as imported by name, so its classes are the ones the registries hold
+    from repzoo.integrations.openmmlab import main as _main
+
+    sys.exit(_main())
