@@ -39,7 +39,21 @@ def plus_identity(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight + identity_kernel(weight.shape[0], groups, 1, dtype=weight.dtype, device=weight.device)
 
 
+def bn_pad_value(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """What a BN (running statistics) gives for a zero input, ``β − μ·γ / sqrt(σ² + ε)``, shaped (1, C, 1, 1)
+    in ``y``'s dtype. A function torch.fx records with the BN's tensors as inputs (no constant baked in)."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = weight * scale
+    value = -mean * scale
+    if bias is not None:
+        value = value + bias
+    return value.to(y.dtype).reshape(1, -1, 1, 1)
+
+
 torch.fx.wrap("plus_identity")
+torch.fx.wrap("bn_pad_value")
 
 
 class IdentityBasedConv1x1(nn.Conv2d):
@@ -78,13 +92,7 @@ class BNAndPad(nn.Module):
         if p <= 0:
             return y
         bn = self.bn
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = bn.weight * scale
-        value = -bn.running_mean * scale
-        if bn.bias is not None:
-            value = value + bn.bias
-        value = value.to(y.dtype).reshape(1, -1, 1, 1)
+        value = bn_pad_value(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
         inside = F.pad(torch.ones_like(y[:1, :1]), [p, p, p, p]) > 0  # no item assignment: torch.fx traces it
         return torch.where(inside, F.pad(y, [p, p, p, p]), value)
 
