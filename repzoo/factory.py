@@ -23,7 +23,7 @@ def create_model(
     name: str,
     pretrained: bool = False,
     *,
-    deploy: bool = False,
+    deploy: Optional[bool] = None,
     checkpoint_path: Optional[Union[str, os.PathLike, Mapping[str, Any]]] = None,
     checkpoint_key: Optional[str] = None,
     num_classes: Optional[int] = None,
@@ -45,7 +45,8 @@ def create_model(
             ``"hf-hub:owner/name[@revision]"`` / ``"local-dir:PATH"`` (a ``config.json`` and its weights,
             as :func:`repzoo.save_for_hf` and timm's ``save_for_hf`` write them), which loads those weights.
         pretrained: load the released weights (see the weights manifest); ``tag`` picks one.
-        deploy: build the converted (plain) form; a train-time checkpoint is converted on load.
+        deploy: build the converted (plain) form; a train-time checkpoint is converted on load
+            (default: the train form; for a shared ``hf-hub:`` / ``local-dir:`` model, the form it was saved in).
         checkpoint_path: a local checkpoint (train or deploy form, any supported wrapper and key
             style) or an in-memory state dict; ``checkpoint_key`` picks a wrapper (``"model_ema"`` …).
         num_classes: a head of this size (0: the model returns pooled features); if the weights
@@ -68,6 +69,7 @@ def create_model(
         return _create_shared(name, deploy=deploy, num_classes=num_classes, features_only=features_only,
                               out_indices=out_indices, global_pool=global_pool, feature_cls=feature_cls,
                               feature_cfg=feature_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)
+    deploy = bool(deploy)
     entry, name_tag = resolve_name(name)
     if tag is not None and name_tag is not None and tag != name_tag:
         raise InvalidArgumentError(f"{name!r} names the tag {name_tag!r} but tag={tag!r} was passed: pass one.")
@@ -123,6 +125,8 @@ def _create_shared(name: str, *, num_classes: Optional[int], pretrained_cfg_over
     from .weights.hf_model import resolve
 
     shared = resolve(name)
+    if kwargs.get("deploy") is None:
+        kwargs["deploy"] = shared.deploy  # the form it was saved in
     saved_args = shared.config.get("model_args", {})
     for key in ("in_chans", "aux_logits"):
         if key in saved_args:
@@ -134,27 +138,8 @@ def _create_shared(name: str, *, num_classes: Optional[int], pretrained_cfg_over
 
 
 def model_cfg_fields(model: nn.Module, input_size: Sequence[int]) -> dict:
-    """The pretrained-cfg fields timm derives from the model: ``pool_size`` (the final map at
-    ``input_size``), ``first_conv`` (the modules whose ``.weight`` takes the input channels),
-    ``classifier`` (the head), and for models whose input size is fixed by their blocks,
-    ``fixed_input_size`` / ``min_input_size``."""
-    reduction = model.feature_info[-1]["reduction"]
-    out = dict(pool_size=tuple(-(-int(s) // reduction) for s in input_size[1:]), classifier=model.head_name)
-    in_chans = getattr(model, "in_chans", 3)
-    takes_input = [k for k, v in model.state_dict().items() if v.dim() == 4 and v.shape[1] == in_chans]
-    first = [k[: -len(".weight")] for k in takes_input if k.endswith(".weight")]
-    if takes_input and not first:  # OREPA's train-form stem composes its kernel from parameters of its own
-        first = [takes_input[0].rpartition(".")[0]]
-    if first:  # the convs of the stem: those under the first module that takes the input
-        top = first[0].split(".")[0]
-        out["first_conv"] = tuple(k for k in first if k.split(".")[0] == top)
-        if len(out["first_conv"]) == 1:
-            out["first_conv"] = out["first_conv"][0]
-    multiple = tuple(getattr(model, "input_multiple", (1, 1)))
-    if multiple != (1, 1):
-        # only multiples of the native size run: timm's generic tests and tools then keep the native size
-        out.update(fixed_input_size=True, min_input_size=(in_chans, *multiple))
-    return out
+    """The pretrained-cfg fields timm derives from the model (see :meth:`RepClassifier.cfg_fields`)."""
+    return model.cfg_fields(input_size)
 
 
 def _without_absent_train_only(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:

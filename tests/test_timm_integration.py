@@ -33,8 +33,9 @@ def test_timm_create_model_passes_keywords_through():
     assert (model.num_classes, model.in_chans, model.drop_rate) == (7, 1, 0.1)
     feats = timm.create_model("repzoo_repghostnet_1_0x", features_only=True, out_indices=(2, 4))
     assert feats.feature_info.reduction() == [8, 32]
+    assert timm.create_model("repzoo_repvgg_a0", global_pool="max").global_pool.pool_type == "max"
     with pytest.raises(repzoo.InvalidArgumentError, match="global_pool"):
-        timm.create_model("repzoo_repvgg_a0", global_pool="max")
+        timm.create_model("repzoo_repvgg_a0", global_pool="token")
 
 
 def test_data_config_and_transform_come_from_the_manifest():

@@ -1,8 +1,9 @@
 """Global pooling with timm's ``global_pool`` switch: ``'avg'`` / ``'max'`` pool and flatten, ``''`` passes
 the feature map through unpooled. No parameters, so swapping the pool never changes a state dict."""
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..errors import InvalidArgumentError
 
 __all__ = ["GlobalPool", "POOL_TYPES"]
 
@@ -15,7 +16,7 @@ class GlobalPool(nn.Module):
     def __init__(self, pool_type: str = "avg"):
         super().__init__()
         if pool_type not in POOL_TYPES:
-            raise ValueError(f"global_pool={pool_type!r} is not one of {POOL_TYPES}: use 'avg' (the default), "
+            raise InvalidArgumentError(f"global_pool={pool_type!r} is not one of {POOL_TYPES}: use 'avg' (the default), "
                              "'max', or '' for the unpooled feature map")
         self.pool_type = pool_type
 

@@ -114,6 +114,29 @@ class RepClassifier(nn.Module):
         if hasattr(self, "pretrained_cfg"):
             self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
 
+    def cfg_fields(self, input_size: Sequence[int]) -> Dict[str, Any]:
+        """The pretrained-cfg fields timm derives from the model: ``pool_size`` (the final map at
+        ``input_size``), ``first_conv`` (the modules whose ``.weight`` takes the input channels),
+        ``classifier`` (the head), and for models whose input size is fixed by their blocks,
+        ``fixed_input_size`` / ``min_input_size``."""
+        reduction = self.feature_info[-1]["reduction"]
+        out = dict(pool_size=tuple(-(-int(s) // reduction) for s in input_size[1:]), classifier=self.head_name)
+        in_chans = getattr(self, "in_chans", 3)
+        takes_input = [k for k, v in self.state_dict().items() if v.dim() == 4 and v.shape[1] == in_chans]
+        first = [k[: -len(".weight")] for k in takes_input if k.endswith(".weight")]
+        if takes_input and not first:  # OREPA's train-form stem composes its kernel from parameters of its own
+            first = [takes_input[0].rpartition(".")[0]]
+        if first:  # the convs of the stem: those under the first module that takes the input
+            top = first[0].split(".")[0]
+            out["first_conv"] = tuple(k for k in first if k.split(".")[0] == top)
+            if len(out["first_conv"]) == 1:
+                out["first_conv"] = out["first_conv"][0]
+        multiple = tuple(getattr(self, "input_multiple", (1, 1)))
+        if multiple != (1, 1):
+            # only multiples of the native size run: timm's generic tests and tools then keep the native size
+            out.update(fixed_input_size=True, min_input_size=(in_chans, *multiple))
+        return out
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
         for module in self.modules():

@@ -161,6 +161,8 @@ def save_for_hf(model: Any, folder: Union[str, os.PathLike], *, repo_id: Optiona
     if not cfg.get("architecture"):
         raise InvalidArgumentError("the model has no pretrained_cfg['architecture']: build it with "
                                    "repzoo.create_model or timm.create_model('repzoo_...')")
+    if callable(getattr(model, "cfg_fields", None)) and "input_size" in cfg:
+        cfg.update(model.cfg_fields(cfg["input_size"]))  # first_conv etc. of the form it is in now
     timm_name = TIMM_PREFIX + name_alias(repzoo_name(cfg["architecture"]))
     model_args = dict(num_classes=int(model.num_classes), deploy=bool(getattr(model, "deploy", False)))
     if getattr(model, "in_chans", 3) != 3:
