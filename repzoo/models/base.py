@@ -114,6 +114,7 @@ class RepClassifier(nn.Module):
         if hasattr(self, "pretrained_cfg"):
             self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
 
+    @torch.jit.ignore
     def cfg_fields(self, input_size: Sequence[int]) -> Dict[str, Any]:
         """The pretrained-cfg fields timm derives from the model: ``pool_size`` (the final map at
         ``input_size``), ``first_conv`` (the modules whose ``.weight`` takes the input channels),
