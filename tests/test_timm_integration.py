@@ -96,7 +96,11 @@ _VALIDATE = textwrap.dedent(
 )
 
 
-def test_a_timm_script_runs_with_a_repzoo_model(tmp_path):
+@pytest.mark.parametrize("model, cls", [("repzoo_repghostnet_0_5x", "RepGhostNet"),
+                                        pytest.param("repzoo_repvggplus_l2pse", "RepVGGplus", marks=pytest.mark.heavy)])
+def test_a_timm_script_runs_with_a_repzoo_model(tmp_path, model, cls):
+    """RepVGGplus too: its training-mode forward returns the logits (aux heads are opt-in), so a timm
+    loop's plain loss works."""
     from PIL import Image
 
     for c in range(2):
@@ -107,7 +111,7 @@ def test_a_timm_script_runs_with_a_repzoo_model(tmp_path):
     script = tmp_path / "validate.py"
     script.write_text(_VALIDATE)
     out = subprocess.run([sys.executable, "-m", "repzoo.integrations.timm", str(script), str(tmp_path / "data"),
-                          "--model", "repzoo_repghostnet_0_5x", "--num-classes", "2"],
+                          "--model", model, "--num-classes", "2"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "model=RepGhostNet classes=2" in out.stdout and "steps=2" in out.stdout
+    assert f"model={cls} classes=2" in out.stdout and "steps=2" in out.stdout

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Union
 
 from ..errors import InvalidArgumentError, RepZooError, WeightsUnavailableError
-from ..registry import get_model_entry, name_alias
+from ..registry import get_model_entry, name_alias, resolve_name
 
 __all__ = ["HFModel", "resolve", "save_for_hf", "repzoo_name", "TIMM_PREFIX", "WEIGHT_FILES"]
 
@@ -56,7 +56,7 @@ class HFModel:
 def repzoo_name(architecture: str) -> str:
     """The canonical repzoo name of a config's ``architecture`` (``repzoo_repvgg_a0`` or ``RepVGG-A0``)."""
     arch = architecture[len(TIMM_PREFIX):] if architecture.startswith(TIMM_PREFIX) else architecture
-    return get_model_entry(arch.split(".")[0]).name
+    return resolve_name(arch)[0].name  # a timm-style ``.tag`` is dropped
 
 
 def _split(name: str):
