@@ -115,3 +115,32 @@ def test_a_timm_script_runs_with_a_repzoo_model(tmp_path, model, cls):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"model={cls} classes=2" in out.stdout and "steps=2" in out.stdout
+
+
+def test_timm_pretrained_goes_through_repzoos_verified_fetch_from_a_mirror(tmp_path, monkeypatch):
+    """``timm.create_model('repzoo_repvgg_a0.in1k', pretrained=True)``: the file comes from a mirror URL on
+    127.0.0.1, is checked against the manifest's sha256 (a wrong byte is refused), then loads."""
+    import hashlib
+    import io
+
+    from conftest import patch_manifest
+    from httpserver import Server, file_response
+
+    torch.manual_seed(0)
+    ref = randomize_bn(repzoo.create_model("RepVGG-A0")).eval()
+    buf = io.BytesIO()
+    torch.save({"model": ref.state_dict()}, buf)
+    data = buf.getvalue()
+    patch_manifest(monkeypatch, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    served = {"data": data[:-1] + bytes([data[-1] ^ 1])}  # first a damaged copy
+    with Server({"/RepVGG-A0-train.pth": lambda req: file_response(req, served["data"])}) as srv:
+        monkeypatch.setenv("REPZOO_MIRROR", srv.url)
+        with pytest.raises(repzoo.RepZooError, match="sha256|checksum"):
+            timm.create_model("repzoo_repvgg_a0.in1k", pretrained=True)
+        served["data"] = data
+        model = timm.create_model("repzoo_repvgg_a0.in1k", pretrained=True).eval()
+        assert srv.count("/RepVGG-A0-train.pth", "GET") >= 2
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    assert model.pretrained_cfg["tag"] == "in1k" and model.pretrained_cfg["architecture"] == "repzoo_repvgg_a0"
