@@ -8,10 +8,13 @@ model, ``forward_features`` / ``forward_head(pre_logits=True)``, ``reset_classif
 written here for repzoo, with two more demands: the traced module must follow changed weights, and
 both forms must pass.
 
-Tiers: the default tier runs every check on one small model per family and code path
+Tiers: the default tier runs every check on a small model of most families and block types
 (:data:`SAMPLE`), plus the cheap cfg checks on every registered model (built on the ``meta``
-device); the heavy tier runs every check but TorchScript / FX on every other registered model
-(TorchScript and FX are per-block code paths, which the sample covers block type by block type).
+device); the heavy tier runs every check on the rest of the sample (:data:`HEAVY_SAMPLE`: RepVGGplus,
+RepOpt-VGG, OREPA's RepVGG, the plain ResNet) and every check but TorchScript / FX on every other
+registered model up to :data:`HEAVY_MAX_PARAMS` (TorchScript and FX are per-block code paths, which the
+two samples cover block type by block type; the largest are sampled, as timm's generic runs leave its
+largest out).
 
 Not applicable, by design: the ``-csla`` models freeze their constant scales (RepOptimizers' "constant
 scale linear addition"), so their scale parameters get no gradient; the check asserts that exactly
