@@ -6,9 +6,13 @@
     model = timm.create_model("repzoo_repopt_vgg_b1", pretrained=True, num_classes=10)
     timm.data.resolve_data_config(model=model)  # the authors' eval transform, from pretrained_cfg
 
-``timm.create_model`` passes ``pretrained``, ``num_classes``, ``in_chans``, ``drop_rate``,
-``features_only`` / ``out_indices``, ``pretrained_cfg_overlay`` and a ``name.tag`` through to
-:func:`repzoo.create_model`. timm's training scripts take repzoo models when run through this
+``timm.create_model`` passes ``pretrained``, ``num_classes``, ``in_chans``, ``drop_rate``, ``global_pool``,
+``deploy``, ``features_only`` / ``out_indices`` / ``feature_cls`` / ``feature_cfg``,
+``pretrained_cfg_overlay`` and a ``name.tag`` through to :func:`repzoo.create_model` (pretrained weights
+come through repzoo's verified fetch); ``timm.create_model('local-dir:...' / 'hf-hub:...', pretrained=True)``
+loads a folder written by timm's ``save_for_hf`` or :func:`repzoo.save_for_hf`. The registered cfgs
+are complete (``pool_size``, ``first_conv``, ``classifier``, where the weights are), so
+``timm.list_pretrained('repzoo_*')`` lists every model and tag with weights. See docs/guides/timm.md. timm's training scripts take repzoo models when run through this
 module, which registers them first::
 
     python -m repzoo.integrations.timm path/to/timm/train.py --model repzoo_repvgg_a0 ...
