@@ -48,7 +48,8 @@ def _scales(name: str) -> dict:
     entry = repzoo.get_model_entry(name)
     if entry.scales is None or entry.scales in repzoo.weights.manifest.load_manifest().scale_names():
         return {}
-    return dict(scales=repzoo.create_model(name[: -len("-csla")] + "-hs"))
+    with torch.device("cpu"):  # real scales, also while a meta-device build is under way
+        return dict(scales=repzoo.create_model(name[: -len("-csla")] + "-hs"))
 
 
 _BUILT = {}
