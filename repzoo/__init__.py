@@ -42,8 +42,19 @@ __all__ = [
     "StorageError",
     "InvalidArgumentError",
     "export",
+    "save_for_hf",
     "__version__",
 ]
+
+
+def save_for_hf(model, folder, **kwargs):
+    """Write ``model`` as timm shares models (``config.json``, ``model.safetensors``, a ``README.md`` model
+    card): ``repzoo.create_model('local-dir:FOLDER')``, ``timm.create_model('local-dir:FOLDER',
+    pretrained=True)`` and, uploaded, ``'hf-hub:owner/name'`` load it (see
+    `repzoo.weights.hf_model.save_for_hf`)."""
+    from .weights.hf_model import save_for_hf as _save
+
+    return _save(model, folder, **kwargs)
 
 
 def export(model, path, format: str = "onnx", **kwargs):

@@ -85,7 +85,10 @@ def test_reset_classifier():
     model.eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     model.train()
-    assert model(torch.randn(2, 3, 32, 32))["stage2_aux"].shape == (2, 3)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)  # timm's convention: logits in training too
+    aux = repzoo.create_model("RepVGGplus-L2pse", num_classes=5, aux_logits=True)
+    aux.reset_classifier(3)
+    assert aux.train()(torch.randn(2, 3, 32, 32))["stage2_aux"].shape == (2, 3)
     model.reset_classifier(0)
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, model.num_features)
 

@@ -40,8 +40,9 @@ def test_every_repvgg_variant_is_covered():
 @pytest.mark.parametrize("name", NAMES)
 def test_signatures_and_parameter_counts(name):
     sig = signature(name)
+    kwargs = dict(aux_logits=True) if name.startswith("RepVGGplus") else {}  # the released files hold the aux heads
     with torch.device("meta"):
-        train = repzoo.create_model(name)
+        train = repzoo.create_model(name, **kwargs)
         deploy = repzoo.create_model(name, deploy=True)
         converted = repzoo.reparameterize(repzoo.create_model(name))
     assert shapes(train) == sig["signature_train"]
@@ -104,10 +105,13 @@ def test_conversion_follows_model_dtype_and_device():
 
 
 def test_repvggplus_train_mode_returns_the_reference_dict_and_eval_logits():
-    """The numbers of both forms are compared in test_conversion_is_exact_in_float64."""
+    """The numbers of both forms are compared in test_conversion_is_exact_in_float64. The auxiliary
+    heads are opt-in (timm's convention: ``forward`` returns the logits)."""
     torch.manual_seed(2)
-    model = repzoo.create_model("RepVGGplus-L2pse", num_classes=7)
     x = torch.randn(2, 3, 32, 32)
+    plain = repzoo.create_model("RepVGGplus-L2pse", num_classes=7)
+    assert torch.is_tensor(plain.train()(x)) and not hasattr(plain, "stage1_aux")
+    model = repzoo.create_model("RepVGGplus-L2pse", num_classes=7, aux_logits=True)
     out = model.train()(x)
     assert set(out) == {"main", "stage1_aux", "stage2_aux", "stage3_first_aux"}
     assert all(v.shape == (2, 7) for v in out.values())

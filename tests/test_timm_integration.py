@@ -33,8 +33,9 @@ def test_timm_create_model_passes_keywords_through():
     assert (model.num_classes, model.in_chans, model.drop_rate) == (7, 1, 0.1)
     feats = timm.create_model("repzoo_repghostnet_1_0x", features_only=True, out_indices=(2, 4))
     assert feats.feature_info.reduction() == [8, 32]
+    assert timm.create_model("repzoo_repvgg_a0", global_pool="max").global_pool.pool_type == "max"
     with pytest.raises(repzoo.InvalidArgumentError, match="global_pool"):
-        timm.create_model("repzoo_repvgg_a0", global_pool="max")
+        timm.create_model("repzoo_repvgg_a0", global_pool="token")
 
 
 def test_data_config_and_transform_come_from_the_manifest():
@@ -95,7 +96,11 @@ _VALIDATE = textwrap.dedent(
 )
 
 
-def test_a_timm_script_runs_with_a_repzoo_model(tmp_path):
+@pytest.mark.parametrize("model, cls", [("repzoo_repghostnet_0_5x", "RepGhostNet"),
+                                        pytest.param("repzoo_repvggplus_l2pse", "RepVGGplus", marks=pytest.mark.heavy)])
+def test_a_timm_script_runs_with_a_repzoo_model(tmp_path, model, cls):
+    """RepVGGplus too: its training-mode forward returns the logits (aux heads are opt-in), so a timm
+    loop's plain loss works."""
     from PIL import Image
 
     for c in range(2):
@@ -106,7 +111,36 @@ def test_a_timm_script_runs_with_a_repzoo_model(tmp_path):
     script = tmp_path / "validate.py"
     script.write_text(_VALIDATE)
     out = subprocess.run([sys.executable, "-m", "repzoo.integrations.timm", str(script), str(tmp_path / "data"),
-                          "--model", "repzoo_repghostnet_0_5x", "--num-classes", "2"],
+                          "--model", model, "--num-classes", "2"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "model=RepGhostNet classes=2" in out.stdout and "steps=2" in out.stdout
+    assert f"model={cls} classes=2" in out.stdout and "steps=2" in out.stdout
+
+
+def test_timm_pretrained_goes_through_repzoos_verified_fetch_from_a_mirror(tmp_path, monkeypatch):
+    """``timm.create_model('repzoo_repvgg_a0.in1k', pretrained=True)``: the file comes from a mirror URL on
+    127.0.0.1, is checked against the manifest's sha256 (a wrong byte is refused), then loads."""
+    import hashlib
+    import io
+
+    from conftest import patch_manifest
+    from httpserver import Server, file_response
+
+    torch.manual_seed(0)
+    ref = randomize_bn(repzoo.create_model("RepVGG-A0")).eval()
+    buf = io.BytesIO()
+    torch.save({"model": ref.state_dict()}, buf)
+    data = buf.getvalue()
+    patch_manifest(monkeypatch, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    served = {"data": data[:-1] + bytes([data[-1] ^ 1])}  # first a damaged copy
+    with Server({"/RepVGG-A0-train.pth": lambda req: file_response(req, served["data"])}) as srv:
+        monkeypatch.setenv("REPZOO_MIRROR", srv.url)
+        with pytest.raises(repzoo.RepZooError, match="sha256|checksum"):
+            timm.create_model("repzoo_repvgg_a0.in1k", pretrained=True)
+        served["data"] = data
+        model = timm.create_model("repzoo_repvgg_a0.in1k", pretrained=True).eval()
+        assert srv.count("/RepVGG-A0-train.pth", "GET") >= 2
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    assert model.pretrained_cfg["tag"] == "in1k" and model.pretrained_cfg["architecture"] == "repzoo_repvgg_a0"

@@ -7,6 +7,7 @@ from .repopt import LinearAddBlock, RepOptRepVGGBlock, RepOptVGGBlock
 from .repmlp import GlobalPerceptron, PartitionFC, RepMLPBlock
 from .orepa import (OREPA, OREPA1x1, OREPAKernel, OREPALargeConv, OREPARepVGGBlock, OREPAVGGConv, orepa_kernel,
                     orepa_layer)
+from .pool import GlobalPool
 from .repvgg_block import RepVGGBlock
 from .scale import ScaleLayer
 from .se import SEBlock
@@ -16,6 +17,7 @@ __all__ = [
     "ConvBnBlock",
     "SEBlock",
     "ScaleLayer",
+    "GlobalPool",
     "RepVGGBlock",
     "RepOptVGGBlock",
     "LinearAddBlock",

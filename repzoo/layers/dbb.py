@@ -20,6 +20,7 @@ from collections import OrderedDict
 from typing import Dict, Mapping, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,6 +32,28 @@ from .conv_bn import ConvBn
 __all__ = ["DiverseBranchBlock", "BNAndPad", "IdentityBasedConv1x1"]
 
 StateDict = Dict[str, torch.Tensor]
+
+
+def plus_identity(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``weight + Id`` for a (C, C/g, 1, 1) kernel (a function torch.fx records, with ``weight`` traced)."""
+    return weight + identity_kernel(weight.shape[0], groups, 1, dtype=weight.dtype, device=weight.device)
+
+
+def bn_pad_value(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """What a BN (running statistics) gives for a zero input, ``β − μ·γ / sqrt(σ² + ε)``, shaped (1, C, 1, 1)
+    in ``y``'s dtype. A function torch.fx records with the BN's tensors as inputs (no constant baked in)."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = weight * scale
+    value = -mean * scale
+    if bias is not None:
+        value = value + bias
+    return value.to(y.dtype).reshape(1, -1, 1, 1)
+
+
+torch.fx.wrap("plus_identity")
+torch.fx.wrap("bn_pad_value")
 
 
 class IdentityBasedConv1x1(nn.Conv2d):
@@ -45,8 +68,7 @@ class IdentityBasedConv1x1(nn.Conv2d):
         nn.init.zeros_(self.weight)
 
     def kernel(self) -> torch.Tensor:
-        w = self.weight
-        return w + identity_kernel(self.in_channels, self.groups, 1, dtype=w.dtype, device=w.device)
+        return plus_identity(self.weight, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.kernel(), None, 1, 0, 1, self.groups)
@@ -70,19 +92,9 @@ class BNAndPad(nn.Module):
         if p <= 0:
             return y
         bn = self.bn
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = bn.weight * scale
-        value = -bn.running_mean * scale
-        if bn.bias is not None:
-            value = value + bn.bias
-        value = value.to(y.dtype).reshape(1, -1, 1, 1)
-        out = F.pad(y, [p, p, p, p])
-        out[:, :, :p, :] = value
-        out[:, :, -p:, :] = value
-        out[:, :, :, :p] = value
-        out[:, :, :, -p:] = value
-        return out
+        value = bn_pad_value(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+        inside = F.pad(torch.ones_like(y[:1, :1]), [p, p, p, p]) > 0  # no item assignment: torch.fx traces it
+        return torch.where(inside, F.pad(y, [p, p, p, p]), value)
 
 
 class DiverseBranchBlock(ReparamBlock):
@@ -140,7 +152,6 @@ class DiverseBranchBlock(ReparamBlock):
         self.dbb_reparam = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                                      groups=self.groups, bias=True)
 
-    @torch.jit.unused
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dbb_origin(x)
         if self.has_1x1:

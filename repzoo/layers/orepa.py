@@ -36,10 +36,11 @@ A fresh layer builds them in its own dtype and device.
 from typing import Dict, List, Mapping, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..reparam import (BN_EPS, ReparamBlock, average_pattern, bn_args, chain_kernels, compose_1x1_kxk, conv_state,
+from ..reparam import (BN_EPS, ReparamBlock, average_pattern, bn_args, chain_kernels, compose_1x1_kxk_kernel, conv_state,
                        dw_pw_kernel, fuse_conv_bn, fused_bn, fused_conv_bn, identity_kernel, orepa_prior,
                        pattern_kernel, scale_kernel, scaled_sum, sum_branches)
 from .conv_bn import ConvBn
@@ -101,15 +102,10 @@ def _constant(make, shape) -> torch.Tensor:
     return make()
 
 
-def _own_tensors(module: nn.Module) -> StateDict:
-    out = {k: v for k, v in module._parameters.items() if v is not None}
-    out.update({k: v for k, v in module._buffers.items() if v is not None})
-    return out
-
-
 # ----------------------------------------------------------------------------- the k×k kernel
 
-def orepa_kernel(t: Tensors, groups: int, kernel_size: int) -> torch.Tensor:
+def orepa_kernel(t: Dict[str, torch.Tensor], groups: int, kernel_size: int,
+                 multiplier: int = GCONV_MULTIPLIER) -> torch.Tensor:
     """The online kernel of an :class:`OREPA` layer from its tensors (its state-dict keys)::
 
         K = v0·W_origin + v1·(A ⊗ avg) + v2·(B ⊗ prior) + v3·(C2 ∘ (C1 + Id)) + v4·pad(W_1x1)
@@ -121,15 +117,15 @@ def orepa_kernel(t: Tensors, groups: int, kernel_size: int) -> torch.Tensor:
     """
     v = t["vector"]
     first = t["weight_orepa_1x1_kxk_idconv1"] + t["id_tensor"].to(v.dtype)
-    return scaled_sum([
+    terms: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = [
         (t["weight_orepa_origin"], v[0]),
         (pattern_kernel(scale_kernel(t["weight_orepa_avg_conv"], v[1]), t["weight_orepa_avg_avg"]), None),
         (pattern_kernel(scale_kernel(t["weight_orepa_pfir_conv"], v[2]), t["weight_orepa_prior"]), None),
-        (compose_1x1_kxk(first, scale_kernel(t["weight_orepa_1x1_kxk_conv2"], v[3]), groups), None),
+        (compose_1x1_kxk_kernel(first, scale_kernel(t["weight_orepa_1x1_kxk_conv2"], v[3]), groups), None),
         (scale_kernel(t["weight_orepa_1x1"], v[4]), None),
-        (dw_pw_kernel(t["weight_orepa_gconv_dw"], t["weight_orepa_gconv_pw"], groups, GCONV_MULTIPLIER,
-                      scale=v[5]), None),
-    ], kernel_size)
+        (dw_pw_kernel(t["weight_orepa_gconv_dw"], t["weight_orepa_gconv_pw"], groups, multiplier, scale=v[5]), None),
+    ]
+    return scaled_sum(terms, kernel_size)
 
 
 class _OREPABranches:
@@ -158,6 +154,17 @@ class _OREPABranches:
         self.register_buffer("id_tensor", _constant(lambda: identity_kernel(t, t // i, 1, dtype=dtype), (t, i, 1, 1)))
         self.register_buffer("weight_orepa_prior", _constant(lambda: orepa_prior(c_out, k, dtype=dtype), (c_out, k, k)))
         self._init_branches()
+
+    def _branch_tensors(self) -> Dict[str, torch.Tensor]:
+        """The branch tensors by key, read attribute by attribute: TorchScript compiles this, and
+        torch.fx records each read, so a traced module composes its kernel from its current weights."""
+        return {"vector": self.vector, "weight_orepa_origin": self.weight_orepa_origin,
+                "weight_orepa_avg_conv": self.weight_orepa_avg_conv, "weight_orepa_avg_avg": self.weight_orepa_avg_avg,
+                "weight_orepa_pfir_conv": self.weight_orepa_pfir_conv, "weight_orepa_prior": self.weight_orepa_prior,
+                "weight_orepa_1x1_kxk_idconv1": self.weight_orepa_1x1_kxk_idconv1, "id_tensor": self.id_tensor,
+                "weight_orepa_1x1_kxk_conv2": self.weight_orepa_1x1_kxk_conv2,
+                "weight_orepa_1x1": self.weight_orepa_1x1, "weight_orepa_gconv_dw": self.weight_orepa_gconv_dw,
+                "weight_orepa_gconv_pw": self.weight_orepa_gconv_pw}
 
     @torch.no_grad()
     def _init_branches(self) -> None:
@@ -201,7 +208,7 @@ class OREPAKernel(_OREPABranches, nn.Module):
         self._reset_constants()
 
     def forward(self) -> torch.Tensor:
-        return orepa_kernel(_own_tensors(self), self.groups, self.kernel_size)
+        return orepa_kernel(self._branch_tensors(), self.groups, self.kernel_size)
 
 
 class OREPA(_OREPABranches, ReparamBlock):
@@ -239,12 +246,10 @@ class OREPA(_OREPABranches, ReparamBlock):
             self._init_branches()
             self._reset_constants()
 
-    @torch.jit.unused
     def weight_gen(self) -> torch.Tensor:
         """The online kernel (train form only)."""
-        return orepa_kernel(_own_tensors(self), self.groups, self.kernel_size)
+        return orepa_kernel(self._branch_tensors(), self.groups, self.kernel_size)
 
-    @torch.jit.unused
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(F.conv2d(x, self.weight_gen(), None, self.stride, self.padding, self.dilation, self.groups))
 
@@ -265,12 +270,14 @@ class OREPA(_OREPABranches, ReparamBlock):
 
 # ----------------------------------------------------------------------------- 1x1
 
-def orepa_1x1_kernel(t: Tensors) -> torch.Tensor:
+def orepa_1x1_kernel(t: Dict[str, torch.Tensor]) -> torch.Tensor:
     """``K[o, i] = v0[o]·origin[o, i] + v1[o]·Σ_t conv2[o, t]·conv1[t, i]`` (:class:`OREPA1x1`)."""
     v = t["vector"]
-    return scaled_sum([(t["weight_or1x1_origin"], v[0]),
-                       (compose_1x1_kxk(t["weight_or1x1_l2i_conv1"], scale_kernel(t["weight_or1x1_l2i_conv2"], v[1])),
-                        None)], 1)
+    terms: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = [
+        (t["weight_or1x1_origin"], v[0]),
+        (compose_1x1_kxk_kernel(t["weight_or1x1_l2i_conv1"], scale_kernel(t["weight_or1x1_l2i_conv2"], v[1])),
+         None)]
+    return scaled_sum(terms, 1)
 
 
 class OREPA1x1(ReparamBlock):
@@ -319,11 +326,11 @@ class OREPA1x1(ReparamBlock):
         self.vector[0].fill_(1.0)
         self.vector[1].fill_(0.5)
 
-    @torch.jit.unused
     def weight_gen(self) -> torch.Tensor:
-        return orepa_1x1_kernel(_own_tensors(self))
+        return orepa_1x1_kernel({"vector": self.vector, "weight_or1x1_origin": self.weight_or1x1_origin,
+                                 "weight_or1x1_l2i_conv1": self.weight_or1x1_l2i_conv1,
+                                 "weight_or1x1_l2i_conv2": self.weight_or1x1_l2i_conv2})
 
-    @torch.jit.unused
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(F.conv2d(x, self.weight_gen(), None, self.stride, 0, self.dilation, 1))
 
@@ -354,6 +361,7 @@ class OREPALargeConv(ReparamBlock):
     """
 
     __constants__ = ReparamBlock.__constants__ + ["act"]
+    MAX_PIECES = 5
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 7, stride: int = 1,
                  padding: Optional[int] = None, dilation: int = 1, groups: int = 1, act: bool = False,
@@ -367,6 +375,9 @@ class OREPALargeConv(ReparamBlock):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.stride, self.dilation, self.groups, self.act = stride, dilation, groups, bool(act)
         self.num_kernels = (kernel_size - 1) // 2
+        if self.num_kernels > self.MAX_PIECES:
+            raise ValueError(f"OREPALargeConv composes at most {self.MAX_PIECES} 3x3 kernels: kernel_size "
+                             f"{2 * self.MAX_PIECES + 1} at most, not {kernel_size}")
         self._init_form(deploy)
 
     def _build_train(self) -> None:
@@ -383,12 +394,19 @@ class OREPALargeConv(ReparamBlock):
         parts = [orepa_kernel(_sub(t, f"weight{i}."), self.groups, 3) for i in range(self.num_kernels)]
         return chain_kernels(parts, self.groups)
 
-    @torch.jit.unused
     def weight_gen(self) -> torch.Tensor:
-        parts: List[torch.Tensor] = [getattr(self, f"weight{i}")() for i in range(self.num_kernels)]
+        # spelled out (TorchScript resolves no computed attribute names): up to MAX_PIECES pieces
+        parts: List[torch.Tensor] = [self.weight0()]
+        if hasattr(self, "weight1"):
+            parts.append(self.weight1())
+        if hasattr(self, "weight2"):
+            parts.append(self.weight2())
+        if hasattr(self, "weight3"):
+            parts.append(self.weight3())
+        if hasattr(self, "weight4"):
+            parts.append(self.weight4())
         return chain_kernels(parts, self.groups)
 
-    @torch.jit.unused
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(F.conv2d(x, self.weight_gen(), None, self.stride, self.padding, self.dilation, self.groups))
 
@@ -418,7 +436,7 @@ def orepa_layer(in_channels: int, out_channels: int, kernel_size: int, stride: i
 
 # ----------------------------------------------------------------------------- OREPA's RepVGG block
 
-def orepa_vgg_kernel(t: Tensors) -> torch.Tensor:
+def orepa_vgg_kernel(t: Dict[str, torch.Tensor], multiplier: int = GCONV_MULTIPLIER) -> torch.Tensor:
     """The kernel of :class:`OREPAVGGConv` (``v_r = vector[r]``; no 1x1 branch; row 5, if any, unused)::
 
         K = v0·W_origin + v1·(A ⊗ avg) + v2·(B ⊗ prior) + v3·(C2 ∘ C1) + v4·(pw ∘ dw)
@@ -431,13 +449,14 @@ def orepa_vgg_kernel(t: Tensors) -> torch.Tensor:
     else:
         first = t["weight_rbr_1x1_kxk_conv1"]
     k = t["weight_rbr_origin"].shape[-1]
-    return scaled_sum([
+    terms: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = [
         (t["weight_rbr_origin"], v[0]),
         (pattern_kernel(scale_kernel(t["weight_rbr_avg_conv"], v[1]), t["weight_rbr_avg_avg"]), None),
         (pattern_kernel(scale_kernel(t["weight_rbr_pfir_conv"], v[2]), t["weight_rbr_prior"]), None),
-        (compose_1x1_kxk(first, scale_kernel(t["weight_rbr_1x1_kxk_conv2"], v[3])), None),
-        (dw_pw_kernel(t["weight_rbr_gconv_dw"], t["weight_rbr_gconv_pw"], 1, GCONV_MULTIPLIER, scale=v[4]), None),
-    ], k)
+        (compose_1x1_kxk_kernel(first, scale_kernel(t["weight_rbr_1x1_kxk_conv2"], v[3])), None),
+        (dw_pw_kernel(t["weight_rbr_gconv_dw"], t["weight_rbr_gconv_pw"], 1, multiplier, scale=v[4]), None),
+    ]
+    return scaled_sum(terms, k)
 
 
 class OREPAVGGConv(nn.Module):
@@ -449,6 +468,8 @@ class OREPAVGGConv(nn.Module):
     used (the reference leaves it uninitialised; here it starts at 0); it is kept because the
     released files hold it. Kaiming-uniform (a = 1) branches, ``vector`` rows 0.25, 0.25, 0, 0.5, 0.5.
     """
+
+    __constants__ = ["has_idconv"]
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, rows: int = 5,
                  internal_channels: Optional[int] = None):
@@ -498,7 +519,18 @@ class OREPAVGGConv(nn.Module):
             buf.copy_(value.to(device=buf.device, dtype=buf.dtype))
 
     def weight_gen(self) -> torch.Tensor:
-        return orepa_vgg_kernel(_own_tensors(self))
+        t: Dict[str, torch.Tensor] = {
+            "vector": self.vector, "weight_rbr_origin": self.weight_rbr_origin,
+            "weight_rbr_avg_conv": self.weight_rbr_avg_conv, "weight_rbr_avg_avg": self.weight_rbr_avg_avg,
+            "weight_rbr_pfir_conv": self.weight_rbr_pfir_conv, "weight_rbr_prior": self.weight_rbr_prior,
+            "weight_rbr_1x1_kxk_conv2": self.weight_rbr_1x1_kxk_conv2,
+            "weight_rbr_gconv_dw": self.weight_rbr_gconv_dw, "weight_rbr_gconv_pw": self.weight_rbr_gconv_pw}
+        if self.has_idconv:
+            t["weight_rbr_1x1_kxk_idconv1"] = self.weight_rbr_1x1_kxk_idconv1
+            t["id_tensor"] = self.id_tensor
+        else:
+            t["weight_rbr_1x1_kxk_conv1"] = self.weight_rbr_1x1_kxk_conv1
+        return orepa_vgg_kernel(t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(F.conv2d(x, self.weight_gen(), None, self.stride, 1))
@@ -532,3 +564,11 @@ class OREPARepVGGBlock(RepVGGBlock):
         if self.has_identity:
             branches.append(fused_bn(work, "rbr_identity.", self.in_channels, 1, kernel_size=1))
         return conv_state("rbr_reparam.", *sum_branches(branches, 3), sd["rbr_dense.weight_rbr_origin"].dtype)
+
+
+# torch.fx records these kernel compositions as calls on the traced parameters (a traced model keeps
+# following its weights) instead of tracing through their shape-dependent code.
+torch.fx.wrap("orepa_kernel")
+torch.fx.wrap("orepa_1x1_kernel")
+torch.fx.wrap("orepa_vgg_kernel")
+torch.fx.wrap("chain_kernels")

@@ -14,6 +14,7 @@ Deploy form: ``gp.*``, ``fc3.weight`` and ``fc3.bias`` (S·hw): the BNs and conv
 from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -61,6 +62,23 @@ class PartitionFC(nn.Conv2d):
             if bias is not None:
                 out = out + bias.view(sets, hw)
         return out.reshape(rows, sets * hw, 1, 1)
+
+
+def checked_partitions(x: torch.Tensor, h: int, w: int, channels: int) -> torch.Tensor:
+    """``x`` when it has ``channels`` channels and cuts into ``h×w`` partitions; else an error saying what
+    fits. torch.fx records it as one call (the check runs on the real input, not the traced shape)."""
+    c, height, width = x.shape[1], x.shape[2], x.shape[3]
+    if height % h != 0 or width % w != 0 or height == 0 or width == 0:
+        raise InvalidArgumentError(
+            f"RepMLPBlock cuts its input into {h}x{w} partitions: the height must be a multiple of {h} "
+            f"({h}, {2 * h}, {3 * h}, ...) and the width a multiple of {w} ({w}, {2 * w}, {3 * w}, ...), "
+            f"not {height}x{width}")
+    if c != channels:
+        raise InvalidArgumentError(f"RepMLPBlock has {channels} channels, not {c}")
+    return x
+
+
+torch.fx.wrap("checked_partitions")
 
 
 class RepMLPBlock(ReparamBlock):
@@ -132,15 +150,9 @@ class RepMLPBlock(ReparamBlock):
 
     def forward_partitions(self, x: torch.Tensor) -> torch.Tensor:
         """The block without its gate: FC (and conv branches) on each ``h×w`` partition of ``x``."""
+        x = checked_partitions(x, self.h, self.w, self.channels)
         n, c, height, width = x.shape
         h, w, s = self.h, self.w, self.sets
-        if height % h != 0 or width % w != 0 or height == 0 or width == 0:
-            raise InvalidArgumentError(
-                f"RepMLPBlock cuts its input into {h}x{w} partitions: the height must be a multiple of {h} "
-                f"({h}, {2 * h}, {3 * h}, ...) and the width a multiple of {w} ({w}, {2 * w}, {3 * w}, ...), "
-                f"not {height}x{width}")
-        if c != self.channels:
-            raise InvalidArgumentError(f"RepMLPBlock has {self.channels} channels, not {c}")
         hp, wp = height // h, width // w
         # (n, c, hp, h, wp, w) -> (n, hp, wp, c, h, w) -> rows of S channels of one partition
         v = x.reshape(n, c, hp, h, wp, w).permute(0, 2, 4, 1, 3, 5).reshape(-1, s * h * w, 1, 1)

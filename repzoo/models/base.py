@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import InvalidArgumentError
+from ..layers.pool import GlobalPool
 from ..reparam import is_deploy
 
 __all__ = ["RepClassifier", "VGGStyleClassifier", "Stage", "feature_indices"]
@@ -53,7 +54,14 @@ class RepClassifier(nn.Module):
     #: for models whose feature modules run in registration order) or ``"getter"`` (``FeatureGetterNet``,
     #: through :meth:`forward_intermediates`)
     feature_cls = "list"
-    __jit_unused_properties__ = ["deploy", "default_cfg", "pre_logits_width"]
+    #: the attribute holding the :class:`~repzoo.layers.GlobalPool` (``global_pool=''`` leaves the map unpooled)
+    pool_name = "global_pool"
+    #: True where the head pools before a layer of its own (RepGhostNet's ``conv_head``, as timm's GhostNet):
+    #: with ``global_pool=''`` that layer then runs on the unpooled map
+    pools_early = False
+    #: the name of the first convolution's module (timm's ``pretrained_cfg['first_conv']``)
+    first_conv = "stage0.rbr_dense.conv"
+    __jit_unused_properties__ = ["deploy", "default_cfg", "pre_logits_width", "head_hidden_size"]
 
     @property
     def deploy(self) -> bool:
@@ -66,8 +74,21 @@ class RepClassifier(nn.Module):
         return self.pretrained_cfg
 
     @property
+    def head_hidden_size(self) -> int:
+        """The width of ``forward_head(x, pre_logits=True)``: ``num_features`` unless the head adds a layer."""
+        return self.__dict__.get("_head_hidden_size") or self.num_features
+
+    @head_hidden_size.setter
+    def head_hidden_size(self, value: int) -> None:
+        self.__dict__["_head_hidden_size"] = int(value)
+
+    @property
     def pre_logits_width(self) -> int:
-        return getattr(self, "head_hidden_size", self.num_features)
+        return self.head_hidden_size
+
+    def set_global_pool(self, global_pool: str) -> None:
+        """timm's ``global_pool``: ``'avg'`` (default), ``'max'``, or ``''`` for the unpooled feature map."""
+        setattr(self, self.pool_name, GlobalPool(global_pool))
 
     def head_keys(self) -> List[str]:
         """State-dict keys that depend on ``num_classes``."""
@@ -83,14 +104,39 @@ class RepClassifier(nn.Module):
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.head_name)
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        """A fresh head for ``num_classes`` (0: ``forward`` returns the pooled pre-logits)."""
-        if global_pool != "avg":
-            raise ValueError(f"only global_pool='avg' is supported, not {global_pool!r}")
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A fresh head for ``num_classes`` (0: ``forward`` returns the pooled pre-logits); ``global_pool``
+        (timm's): ``'avg'``, ``'max'``, or ``''`` (with 0 classes, ``forward`` returns the unpooled map)."""
+        if global_pool is not None:
+            self.set_global_pool(global_pool)
         self.num_classes = num_classes
         setattr(self, self.head_name, self._make_head(num_classes, next(self.parameters())))
         if hasattr(self, "pretrained_cfg"):
             self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
+
+    @torch.jit.ignore
+    def cfg_fields(self, input_size: Sequence[int]) -> Dict[str, Any]:
+        """The pretrained-cfg fields timm derives from the model: ``pool_size`` (the final map at
+        ``input_size``), ``first_conv`` (the modules whose ``.weight`` takes the input channels),
+        ``classifier`` (the head), and for models whose input size is fixed by their blocks,
+        ``fixed_input_size`` / ``min_input_size``."""
+        reduction = self.feature_info[-1]["reduction"]
+        out = dict(pool_size=tuple(-(-int(s) // reduction) for s in input_size[1:]), classifier=self.head_name)
+        in_chans = getattr(self, "in_chans", 3)
+        takes_input = [k for k, v in self.state_dict().items() if v.dim() == 4 and v.shape[1] == in_chans]
+        first = [k[: -len(".weight")] for k in takes_input if k.endswith(".weight")]
+        if takes_input and not first:  # OREPA's train-form stem composes its kernel from parameters of its own
+            first = [takes_input[0].rpartition(".")[0]]
+        if first:  # the convs of the stem: those under the first module that takes the input
+            top = first[0].split(".")[0]
+            out["first_conv"] = tuple(k for k in first if k.split(".")[0] == top)
+            if len(out["first_conv"]) == 1:
+                out["first_conv"] = out["first_conv"][0]
+        multiple = tuple(getattr(self, "input_multiple", (1, 1)))
+        if multiple != (1, 1):
+            # only multiples of the native size run: timm's generic tests and tools then keep the native size
+            out.update(fixed_input_size=True, min_input_size=(in_chans, *multiple))
+        return out
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -102,7 +148,7 @@ class RepClassifier(nn.Module):
         return dict(stem=r"^stage0", blocks=r"^stage(\d+)" if coarse else r"^stage(\d+)\.(\d+)")
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.gap(x), 1)
+        x = self.global_pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.linear(x)  # families with another head_name override this
 
@@ -164,7 +210,7 @@ class VGGStyleClassifier(RepClassifier):
     """The VGG-style body shared by RepVGG and RepOpt-VGG.
 
     ``stage0`` (one block, stride 2), ``stage1..4`` (:class:`Stage`, first block stride 2),
-    ``gap``, ``head_drop``, ``linear``. ``make_block(in_ch, out_ch, stride, layer, index)`` builds
+    ``global_pool``, ``head_drop``, ``linear``. ``make_block(in_ch, out_ch, stride, layer, index)`` builds
     each block; ``layer`` counts blocks from 1 (stage0 is 0), ``index`` is the position in its stage.
     """
 
@@ -182,7 +228,7 @@ class VGGStyleClassifier(RepClassifier):
             self.add_module(f"stage{s}", Stage(*blocks))
             self.feature_info.append(dict(num_chs=out_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
         self.num_features = widths[-1]
-        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = GlobalPool("avg")
         self.head_drop = nn.Dropout(drop_rate)
         self.linear = self._make_head(num_classes)
 

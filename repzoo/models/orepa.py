@@ -26,6 +26,7 @@ from torch import nn
 from ..layers.conv_bn import ConvBnBlock
 from ..layers.dbb import DiverseBranchBlock
 from ..layers.orepa import OREPARepVGGBlock, orepa_layer
+from ..layers.pool import GlobalPool
 from ..registry import register_model
 from .base import RepClassifier, Stage, VGGStyleClassifier
 from .repvgg import VARIANTS as REPVGG_VARIANTS
@@ -124,7 +125,7 @@ class Bottleneck(nn.Module):
 
 class OREPAResNet(RepClassifier):
     """OREPA's ResNet / ResNeXt: ``stage0`` (``conv1``: 7x7 stride 2 conv-BN-ReLU, ``maxpool``),
-    ``stage1..4`` (:class:`~repzoo.models.base.Stage` of blocks, strides 1, 2, 2, 2), ``gap``, ``linear``.
+    ``stage1..4`` (:class:`~repzoo.models.base.Stage` of blocks, strides 1, 2, 2, 2), ``global_pool``, ``linear``.
 
     ``width_multiplier`` widens the stem too (ResNet-18-2x has a 128-channel stem, unlike
     torchvision's wide ResNets); ``block_type``: ``'OREPA'``, ``'DBB'`` or ``'plain'``.
@@ -153,7 +154,7 @@ class OREPAResNet(RepClassifier):
             self.add_module(f"stage{s}", Stage(*blocks))
             self.feature_info.append(dict(num_chs=in_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
         self.num_features = in_ch
-        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = GlobalPool("avg")
         self.head_drop = nn.Dropout(drop_rate)
         self.linear = self._make_head(num_classes)
 
@@ -169,7 +170,7 @@ class OREPAResNet(RepClassifier):
 
 
 class OREPAVGG(VGGStyleClassifier):
-    """The RepVGG body (``stage0``, ``stage1..4``, ``gap``, ``linear``; every first block stride 2) with
+    """The RepVGG body (``stage0``, ``stage1..4``, ``global_pool``, ``linear``; every first block stride 2) with
     ``block_type`` blocks: ``'OREPA'`` — :class:`~repzoo.layers.OREPARepVGGBlock`; ``'plain'`` — a 3x3
     conv-BN-ReLU (:class:`~repzoo.layers.ConvBnBlock`); ``'DBB'`` — a
     :class:`~repzoo.layers.DiverseBranchBlock` with a ReLU (built by the reference, not released).

@@ -20,6 +20,7 @@ from torch import nn
 from ..layers.ghost import ConvBnAct, RepGhostBottleneck, make_divisible
 from ..registry import register_model
 from ..weights.adapters import register_key_adapter
+from ..layers.pool import GlobalPool
 from .base import RepClassifier, Stage
 
 __all__ = ["RepGhostNet", "GHOST_CFGS"]
@@ -61,6 +62,10 @@ class RepGhostNet(RepClassifier):
     """
 
     head_name = "classifier"
+    first_conv = "conv_stem"
+    #: timm's GhostNet head: pool, then ``conv_head`` (1x1 to 1280); ``global_pool=''`` runs ``conv_head``
+    #: on the unpooled map
+    pools_early = True
     feature_flatten_sequential = True
     #: the stem's conv and BN keep the reference's sibling names; folded at deploy (conv_stem gains a bias)
     conv_bn_pairs = (("conv_stem", "bn1"),)
@@ -93,10 +98,10 @@ class RepGhostNet(RepClassifier):
         self.feature_info[-1] = dict(num_chs=last, reduction=reduction, module=f"blocks.{len(GHOST_CFGS)}")
         self.blocks = nn.Sequential(*stages)
         self.num_features, self.head_hidden_size = last, HEAD_CHANNELS
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = GlobalPool("avg")
         self.conv_head = nn.Conv2d(last, HEAD_CHANNELS, 1, bias=True)
         self.act2 = nn.ReLU()
-        self.flatten = nn.Flatten(1)
+        self.flatten = nn.Identity()  # GlobalPool flattens; kept for timm's module names
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = self._make_head(num_classes)
 
@@ -115,7 +120,12 @@ class RepGhostNet(RepClassifier):
         return steps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.flatten(self.act2(self.conv_head(self.global_pool(x))))
+        x = self.global_pool(x)
+        if not self.global_pool.is_identity():
+            x = x[:, :, None, None]  # conv_head is a 1x1 conv
+        x = self.act2(self.conv_head(x))
+        if not self.global_pool.is_identity():
+            x = torch.flatten(x, 1)
         x = self.head_drop(x)
         return x if pre_logits else self.classifier(x)
 

@@ -15,6 +15,7 @@ import math
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,6 +24,7 @@ from ..layers.conv_bn import ConvBn
 from ..layers.repmlp import RepMLPBlock
 from ..registry import register_model
 from ..weights.adapters import register_key_adapter
+from ..layers.pool import GlobalPool
 from .base import RepClassifier, Stage
 
 __all__ = ["RepMLPNet", "RepMLPNetUnit", "FFNBlock", "VARIANTS"]
@@ -82,6 +84,25 @@ class RepMLPNetUnit(nn.Module):
         return y + self.ffn_block(self.prebn2(y))
 
 
+def checked_input(x: torch.Tensor, mh: int, mw: int) -> torch.Tensor:
+    """``x`` when its height and width are multiples of ``mh`` and ``mw``; else an error naming the sizes
+    that work. torch.fx records it as one call (the check runs on the real input, not the traced shape)."""
+    height, width = x.shape[-2], x.shape[-1]
+    if height % mh != 0 or width % mw != 0 or height == 0 or width == 0:
+        sizes_h = f"{mh}, {2 * mh}, {3 * mh}, {4 * mh}, ..."
+        sizes_w = f"{mw}, {2 * mw}, {3 * mw}, {4 * mw}, ..."
+        which = (f"height and width must be multiples of {mh} ({sizes_h})" if mh == mw else
+                 f"height must be a multiple of {mh} ({sizes_h}) and its width a multiple of {mw} ({sizes_w})")
+        raise InvalidArgumentError(
+            f"RepMLPNet's blocks cut each stage's feature map into fixed partitions, so the input's {which}; "
+            f"got {height}x{width}. Resize or crop to the native {mh}x{mw} (pretrained_cfg['input_size']); "
+            f"multiples are computed partition by partition.")
+    return x
+
+
+torch.fx.wrap("checked_input")
+
+
 class RepMLPNet(RepClassifier):
     """RepMLPNet: ``conv_embedding``, ``stages`` (four :class:`~repzoo.models.base.Stage` of units),
     ``embeds`` (three downsamplings), ``head_norm``, ``head``.
@@ -123,35 +144,26 @@ class RepMLPNet(RepClassifier):
         self.feature_info = [dict(num_chs=channels[s], reduction=patch_size * 2 ** s, module=f"stages.{s}")
                              for s in range(n)]
         self.num_features = channels[-1]
+        self.global_pool = GlobalPool("avg")
         self.head_drop = nn.Dropout(drop_rate)
         self.head = self._make_head(num_classes)
 
     # ------------------------------------------------------------------ input sizes
-    def check_input_size(self, x: torch.Tensor) -> None:
-        """Raise :class:`~repzoo.errors.InvalidArgumentError`, naming the sizes that work, unless the
+    def check_input_size(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``, or :class:`~repzoo.errors.InvalidArgumentError`, naming the sizes that work, unless the
         input's height and width are multiples of :attr:`input_multiple`."""
-        height, width = x.shape[-2], x.shape[-1]
-        mh, mw = self.input_multiple
-        if height % mh != 0 or width % mw != 0 or height == 0 or width == 0:
-            sizes_h = f"{mh}, {2 * mh}, {3 * mh}, {4 * mh}, ..."
-            sizes_w = f"{mw}, {2 * mw}, {3 * mw}, {4 * mw}, ..."
-            which = (f"height and width must be multiples of {mh} ({sizes_h})" if mh == mw else
-                     f"height must be a multiple of {mh} ({sizes_h}) and its width a multiple of {mw} ({sizes_w})")
-            raise InvalidArgumentError(
-                f"RepMLPNet's blocks cut each stage's feature map into fixed partitions, so the input's {which}; "
-                f"got {height}x{width}. Resize or crop to the native {mh}x{mw} (pretrained_cfg['input_size']); "
-                f"multiples are computed partition by partition.")
+        return checked_input(x, self.input_multiple[0], self.input_multiple[1])
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input_size(x)
+        x = self.check_input_size(x)
         x = self.conv_embedding(x)
         for stage, embed in zip(self.stages, self.embeds):
             x = embed(stage(x))
         return self.stages[-1](x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(F.adaptive_avg_pool2d(self.head_norm(x), 1), 1)
+        x = self.global_pool(self.head_norm(x))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -159,7 +171,7 @@ class RepMLPNet(RepClassifier):
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
         """timm's feature API (the stage outputs, before ``head_norm``), with the input-size check first."""
-        self.check_input_size(x)
+        x = self.check_input_size(x)
         return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
 
     def _feature_steps(self) -> List[nn.Module]:

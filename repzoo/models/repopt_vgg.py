@@ -49,7 +49,7 @@ def _block(mode: str, in_ch: int, out_ch: int, stride: int, index: int, deploy: 
 
 
 class RepOptVGG(VGGStyleClassifier):
-    """RepOpt-VGG: ``stage0`` (one block), ``stage1..4`` (``nn.Sequential``), ``gap``, ``linear``.
+    """RepOpt-VGG: ``stage0`` (one block), ``stage1..4`` (``nn.Sequential``), ``global_pool``, ``linear``.
 
     ``mode``: ``'target'``, ``'hs'``, ``'csla'`` or ``'repvgg'`` (see the module docstring).
     Strides are 2 in every stage; no SE, no groups (as ``main_repopt.py`` builds them).

@@ -51,7 +51,7 @@ def stage_widths(width_multiplier: Sequence[float]) -> tuple:
 
 
 class RepVGG(VGGStyleClassifier):
-    """RepVGG: ``stage0`` (one block), ``stage1..4`` (``nn.Sequential`` of blocks), ``gap``, ``linear``."""
+    """RepVGG: ``stage0`` (one block), ``stage1..4`` (``nn.Sequential`` of blocks), ``global_pool``, ``linear``."""
 
     def __init__(self, num_blocks: Sequence[int], width_multiplier: Sequence[float],
                  groups_map: Optional[Dict[int, int]] = None, use_se: bool = False,

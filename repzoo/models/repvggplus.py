@@ -1,10 +1,14 @@
 """RepVGGplus (DingXiaoH/RepVGG ``repvggplus.py``): RepVGG with post-ReLU SE and auxiliary heads.
 
-In training mode the model returns the reference's dict of outputs (``main`` and the
-three auxiliary logits); in eval mode it returns the logits.  The auxiliary heads are
-dropped at deploy (the reference's deploy forward raises; this one works).
+By timm's conventions ``forward`` returns the logits, in training as in eval, so timm's ``train.py``
+and any plain loss work. The three auxiliary heads (keys ``stage1_aux.*``, ``stage2_aux.*``,
+``stage3_first_aux.*``) are built only with ``aux_logits=True``: training-mode ``forward`` then returns
+the reference's dict (``main`` and the three auxiliary logits) for the authors' recipe, and every key of
+the released train files is the model's. Without them, ``create_model`` loads those files' other keys
+(the auxiliary heads exist only for training). They are dropped at deploy (the reference's deploy
+forward raises; this one works).
 """
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -12,6 +16,7 @@ from torch import nn
 from ..layers.conv_bn import ConvBn
 from ..layers.repvgg_block import RepVGGBlock
 from ..registry import register_model
+from ..layers.pool import GlobalPool
 from .base import RepClassifier, Stage
 from .repvgg import D_BLOCKS, PAPER, stage_widths
 
@@ -54,13 +59,15 @@ def _aux_linear(channels: int, num_classes: int, like: Union[torch.Tensor, None]
 
 class RepVGGplus(RepClassifier):
     """``stage0``, ``stage1``, ``stage2``, ``stage3_first``, ``stage3_second``, ``stage4``, ``linear``,
-    and at training time ``stage1_aux``, ``stage2_aux``, ``stage3_first_aux``."""
+    and with ``aux_logits=True`` (train form) ``stage1_aux``, ``stage2_aux``, ``stage3_first_aux``."""
 
     train_only_prefixes = tuple(f"{name}." for name in _AUX)
 
     def __init__(self, num_blocks: Sequence[int], width_multiplier: Sequence[float], use_post_se: bool = False,
-                 num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, deploy: bool = False):
+                 num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, deploy: bool = False,
+                 aux_logits: bool = False):
         super().__init__()
+        self.aux_logits = aux_logits
         w = stage_widths(width_multiplier)
         se = "post" if use_post_se else None
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
@@ -72,10 +79,10 @@ class RepVGGplus(RepClassifier):
         self.stage3_second = RepVGGplusStage(w[3], w[3], num_blocks[2] - half, 1, se, deploy)
         self.stage4 = RepVGGplusStage(w[3], w[4], num_blocks[3], 2, se, deploy)
         self.num_features = w[4]
-        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = GlobalPool("avg")
         self.head_drop = nn.Dropout(drop_rate)
         self.linear = self._make_head(num_classes)
-        if not deploy:
+        if aux_logits and not deploy:
             for name, ch in zip(_AUX, w[1:4]):
                 self.add_module(name, _aux_head(ch, num_classes))
         self.feature_info = [
@@ -92,7 +99,7 @@ class RepVGGplus(RepClassifier):
             keys += [f"{name}.3.weight", f"{name}.3.bias"]
         return keys
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         super().reset_classifier(num_classes, global_pool)
         for name in _AUX:
             if hasattr(self, name):
@@ -119,7 +126,7 @@ class RepVGGplus(RepClassifier):
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
         s1, s2, s3, feats = self._features(x)
         logits = self.forward_head(feats)
-        if not (self.training and hasattr(self, "stage1_aux")):
+        if not (self.aux_logits and self.training and hasattr(self, "stage1_aux")):
             return logits
         return {"main": logits, "stage1_aux": self.stage1_aux(s1), "stage2_aux": self.stage2_aux(s2),
                 "stage3_first_aux": self.stage3_first_aux(s3)}

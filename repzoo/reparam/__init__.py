@@ -8,8 +8,8 @@ CONVERSION_VERSION = 2  # 2: GhostNet's stem BN is folded into conv_stem
 from .block import ReparamBlock  # noqa: E402
 from .fuse import bn_scale_shift, fuse_bn, fuse_conv_bn, identity_kernel, pad_kernel, scale_kernel, sum_branches  # noqa: E402
 from .mlp import add_conv_to_fc_, conv_to_fc, fuse_fc_bn, inject_locality_  # noqa: E402
-from .orepa import (average_kernel, average_pattern, chain_kernels, compose_1x1_kxk, dw_pw_kernel,  # noqa: E402
-                    orepa_prior, pattern_kernel, scaled_sum)
+from .orepa import (average_kernel, average_pattern, chain_kernels, compose_1x1_kxk,  # noqa: E402
+                    compose_1x1_kxk_kernel, dw_pw_kernel, orepa_prior, pattern_kernel, scaled_sum)
 from .state import BN_EPS, bn_args, conv_state, fused_bn, fused_conv_bn  # noqa: E402
 from .tree import (conv_bn_pairs, conversion_error, convert_state_dict, is_deploy, model_signature,  # noqa: E402
                    reparam_blocks, reparameterize)
@@ -45,6 +45,7 @@ __all__ = [
     "orepa_prior",
     "pattern_kernel",
     "compose_1x1_kxk",
+    "compose_1x1_kxk_kernel",
     "dw_pw_kernel",
     "scaled_sum",
     "chain_kernels",

@@ -81,7 +81,8 @@ def pad_kernel(kernel: Tensor, kernel_size: int) -> Tensor:
     pad_h = (kernel_size - kernel.shape[-2]) // 2
     pad_w = (kernel_size - kernel.shape[-1]) // 2
     if pad_h < 0 or pad_w < 0:
-        raise ValueError(f"cannot pad a {tuple(kernel.shape[-2:])} kernel to {kernel_size}")
+        raise ValueError("cannot pad a " + str(kernel.shape[-2]) + "x" + str(kernel.shape[-1]) + " kernel to "
+                         + str(kernel_size))
     return F.pad(kernel, [pad_w, pad_w, pad_h, pad_h])
 
 

@@ -11,7 +11,7 @@ the device the caller names: the model's own, so a float64 model holds an exact 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,18 @@ def pattern_kernel(weight: Tensor, pattern: Tensor) -> Tensor:
     return weight * pattern.unsqueeze(1)
 
 
+def compose_1x1_kxk_kernel(first: Tensor, second: Tensor, groups: int = 1) -> Tensor:
+    """The kernel ``K`` of :func:`compose_1x1_kxk` (no biases; TorchScript compiles it)."""
+    t_all, in_per_group = first.shape[0], first.shape[1]
+    out, t_per_group, kh, kw = second.shape
+    first = first.to(second.dtype)
+    if groups == 1:
+        return _compose_dense(first.reshape(t_all, in_per_group), second)
+    f = first.reshape(groups, t_per_group, in_per_group)
+    s = second.reshape(groups, out // groups, t_per_group, kh, kw)
+    return torch.einsum("gti,gothw->goihw", f, s).reshape(out, in_per_group, kh, kw)
+
+
 def compose_1x1_kxk(first: Tensor, second: Tensor, groups: int = 1, first_bias: Optional[Tensor] = None,
                     second_bias: Optional[Tensor] = None) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """A 1x1 conv ``first`` (T, I, 1, 1) then a k×k conv ``second`` (out, T/g, k, k), both with ``groups``,
@@ -94,17 +106,10 @@ def compose_1x1_kxk(first: Tensor, second: Tensor, groups: int = 1, first_bias: 
     Exact when the intermediate map is padded with ``first_bias`` (DBB's BN-and-pad layer does
     that; OREPA's branches have no bias). Returns ``K`` when neither bias is given, else ``(K, b)``.
     """
-    t_all, in_per_group = first.shape[0], first.shape[1]
-    out, t_per_group, kh, kw = second.shape
-    first = first.to(second.dtype)
-    if groups == 1:
-        kernel = _compose_dense(first.reshape(t_all, in_per_group), second)
-    else:
-        f = first.reshape(groups, t_per_group, in_per_group)
-        s = second.reshape(groups, out // groups, t_per_group, kh, kw)
-        kernel = torch.einsum("gti,gothw->goihw", f, s).reshape(out, in_per_group, kh, kw)
+    kernel = compose_1x1_kxk_kernel(first, second, groups)
     if first_bias is None and second_bias is None:
         return kernel
+    out, t_per_group, kh, kw = second.shape
     bias = torch.zeros(out, dtype=kernel.dtype, device=kernel.device)
     if first_bias is not None:
         b1 = first_bias.to(kernel.dtype).reshape(groups, 1, t_per_group, 1, 1)
@@ -153,14 +158,14 @@ def dw_pw_kernel(dw: Tensor, pw: Tensor, groups: int = 1, multiplier: int = 8, i
     return torch.einsum("cjthw,cajt->cajhw", d, p.to(d.dtype)).reshape(out, in_per_group, kh, kw)
 
 
-def scaled_sum(terms: Iterable[Tuple[Tensor, Optional[Tensor]]], kernel_size: int) -> Tensor:
+def scaled_sum(terms: List[Tuple[Tensor, Optional[Tensor]]], kernel_size: int) -> Tensor:
     """``K = Σ_r s_r[o] · pad(K_r)``: kernels scaled per output channel (``s_r`` may be ``None``: 1),
     smaller (centred) ones zero-padded to ``kernel_size``, and summed. No input is modified."""
     total: Optional[Tensor] = None
     for kernel, scale in terms:
         if scale is not None:
             kernel = _scaled(kernel, scale)
-        if kernel.shape[-2:] != (kernel_size, kernel_size):
+        if kernel.shape[-2] != kernel_size or kernel.shape[-1] != kernel_size:
             kernel = pad_kernel(kernel, kernel_size)
         total = kernel if total is None else total + kernel.to(total.dtype)
     if total is None:
@@ -172,7 +177,7 @@ def _scaled(kernel: Tensor, scale: Tensor) -> Tensor:
     return kernel * scale.to(kernel.dtype).reshape(-1, 1, 1, 1)
 
 
-def chain_kernels(kernels: Sequence[Tensor], groups: int = 1) -> Tensor:
+def chain_kernels(kernels: List[Tensor], groups: int = 1) -> Tensor:
     """Kernels ``W_0 … W_{L-1}`` (each (out_l, in_l/g, k_l, k_l)) composed into one large kernel::
 
         X_0 = W_0ᵀ (dims 0, 1 swapped)

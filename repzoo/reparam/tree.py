@@ -85,6 +85,9 @@ def reparameterize(model: nn.Module) -> nn.Module:
         drop = getattr(module, "drop_train_only_modules", None)
         if callable(drop):
             drop()
+        cfg = getattr(module, "pretrained_cfg", None)
+        if callable(getattr(module, "cfg_fields", None)) and isinstance(cfg, dict) and "input_size" in cfg:
+            module.pretrained_cfg = dict(cfg, **module.cfg_fields(cfg["input_size"]))  # the deploy form's names
     return model
 
 
