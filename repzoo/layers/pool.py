@@ -1,6 +1,7 @@
 """Global pooling with timm's ``global_pool`` switch: ``'avg'`` / ``'max'`` pool and flatten, ``''`` passes
 the feature map through unpooled. No parameters, so swapping the pool never changes a state dict."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
@@ -25,9 +26,9 @@ class GlobalPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool_type == "avg":
-            return x.mean((2, 3))
+            return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # quantized tensors pool too (mean does not)
         if self.pool_type == "max":
-            return torch.amax(x, dim=(2, 3))
+            return torch.flatten(F.adaptive_max_pool2d(x, 1), 1)
         return x
 
     def extra_repr(self) -> str:
