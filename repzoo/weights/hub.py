@@ -39,7 +39,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import ChecksumError, RepZooError, UnsafeCheckpointError, WeightsUnavailableError
+from ..errors import (ChecksumError, IncompatibleCheckpointError, RepZooError, UnsafeCheckpointError,
+                      WeightsUnavailableError)
 from . import http
 from .cache import (cache_entries, cache_path, cached_file, files_dir, locked, recorded_sha256,
                     remove_cached)
@@ -158,6 +159,8 @@ class _Fetch:
                 self.validate(path)
             except UnsafeCheckpointError:
                 raise  # not a damaged download: a file that must not be loaded at all
+            except IncompatibleCheckpointError as err:  # readable, but another model's: never its expected hash
+                raise _Failed(str(err).splitlines()[0][:400], mismatch=True) from None
             except RepZooError as err:
                 raise _Failed(f"not a complete, readable checkpoint ({str(err).splitlines()[0][:200]})",
                               mismatch=True) from None

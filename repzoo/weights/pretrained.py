@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -29,7 +29,7 @@ from . import cache, hub as _hub
 from . import manifest
 from .adapters import adapt_state_dict
 from .cache import (deploy_cache_dir, deploy_cache_entries, deploy_cache_path, remove_deploy_cached)
-from .checkpoint import read_state_dict, state_bytes, validate_file
+from .checkpoint import misfit, read_state_dict, state_bytes, validate_file
 from .files import forget_known, forget_verified, known, verified_sha256
 from .manifest import FileRecord, WeightsRecord
 
@@ -58,9 +58,28 @@ def _source_sha256(rec: FileRecord) -> Optional[str]:
     return first.sha256 if first else None
 
 
-def _fetch_one(rec: FileRecord, progress: Optional[bool]) -> pathlib.Path:
+def fits_model(name: str, rec: FileRecord) -> Callable[[pathlib.Path], None]:
+    """The check before ``rec``'s file is trusted on first use: a complete, readable checkpoint whose keys
+    and shapes (in ``rec``'s key style) are those of ``name`` in ``rec``'s form, else "another model's"."""
+    def validate(path: pathlib.Path) -> None:
+        sd = validate_file(path, max_bytes=_max_bytes(name))
+        try:
+            sd = adapt_state_dict(sd, rec.key_style or "official", name)
+            with torch.device("meta"):  # the deploy model knows both forms' keys and shapes
+                model = get_model_entry(name).builder(deploy=True)
+            why = misfit(model, sd, deploy=rec.form == "deploy")
+        except (IncompatibleCheckpointError, KeyError, ValueError) as err:
+            why = f"its keys do not map to {name}'s ({str(err).splitlines()[0][:160]})"
+        if why:
+            raise IncompatibleCheckpointError(
+                f"this is another model's checkpoint, not {name}'s in its {rec.form} form: {why}")
+
+    return validate
+
+
+def _fetch_one(name: str, rec: FileRecord, progress: Optional[bool]) -> pathlib.Path:
     return _hub.fetch(rec.file_name, sources=rec.sources, sha256=rec.sha256, size=rec.size, progress=progress,
-                           hint=rec.hint(), validate=validate_file)
+                      hint=rec.hint(), validate=fits_model(name, rec))
 
 
 def _fetch_any(weights: WeightsRecord, progress: Optional[bool]) -> Tuple[pathlib.Path, FileRecord]:
@@ -68,7 +87,7 @@ def _fetch_any(weights: WeightsRecord, progress: Optional[bool]) -> Tuple[pathli
     errors: List[Tuple[FileRecord, RepZooError]] = []
     for rec in weights.files:
         try:
-            return _fetch_one(rec, progress), rec
+            return _fetch_one(weights.name, rec, progress), rec
         except (WeightsUnavailableError, ChecksumError) as err:
             errors.append((rec, err))
     if len(errors) == 1:
