@@ -16,7 +16,8 @@ from typing import Optional
 
 import pytest
 import torch
-from torch import nn
+
+from repzoo.demo import randomize_bn  # noqa: F401  (the tests' one way to give BNs trained-like statistics)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / "tests" / "data"
@@ -153,20 +154,6 @@ def meta_model(name: str, **kwargs):
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def randomize_bn(model: nn.Module, generator: Optional[torch.Generator] = None) -> nn.Module:
-    """Give every BN non-trivial statistics and affine parameters (what training would)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            shape = m.running_mean.shape
-            m.running_mean.copy_(torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5)
-            m.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=generator, dtype=torch.float64))
-            if m.affine:
-                m.weight.copy_(0.5 + torch.rand(shape, generator=generator, dtype=torch.float64))
-                m.bias.copy_(torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5)
-    return model
 
 
 def patch_manifest(monkeypatch, name="RepVGG-A0", file_index=0, **changes):

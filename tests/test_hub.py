@@ -279,7 +279,7 @@ def test_two_processes_fetch_one_file_once(env):
         procs = [subprocess.Popen([sys.executable, "-c", _CHILD, srv.url, SHA], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(2)]
         outs = [p.communicate(timeout=120) for p in procs]
-        for p, (out, err) in zip(procs, outs):
+        for p, (_, err) in zip(procs, outs):
             assert p.returncode == 0, err
         assert srv.count("/w.pth") == 1
         assert srv.count("/waiting") == 1

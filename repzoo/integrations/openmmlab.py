@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule
