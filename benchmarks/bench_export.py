@@ -57,7 +57,7 @@ def main() -> None:
             x = torch.randn(bs, 3, args.image_size, args.image_size)
             with torch.no_grad():
                 eager = images_per_second(model, x, args.seconds)
-                onnx = images_per_second(lambda t: session.run(None, {"input": t.numpy()}), x, args.seconds)
+                onnx = images_per_second(lambda t, s=session: s.run(None, {"input": t.numpy()}), x, args.seconds)
                 comp = images_per_second(compiled, x, args.seconds)
             row = dict(model=name, batch=bs, eager=eager, onnxruntime=onnx, compile=comp)
             results.append(row)

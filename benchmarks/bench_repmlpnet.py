@@ -98,10 +98,11 @@ def main() -> None:
         largest = largest_block_bytes(model)
         fc_bytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.endswith("fc3.weight"))
         del model
-        in_place = peak_allocated(lambda: build(name), repzoo.reparameterize)
+        in_place = peak_allocated(lambda n=name: build(n), repzoo.reparameterize)
         with torch.device("meta"):
             target = repzoo.create_model(name, deploy=True)
-        on_load = peak_allocated(lambda: build(name).state_dict(), lambda sd: repzoo.convert_state_dict(target, sd))
+        on_load = peak_allocated(lambda n=name: build(n).state_dict(),
+                                 lambda sd, t=target: repzoo.convert_state_dict(t, sd))
         results["conversion"][name] = dict(seconds=seconds, largest_block_bytes=largest,
                                            reparameterize_peak_bytes=in_place,
                                            reparameterize_peak_over_largest_block=in_place / largest,

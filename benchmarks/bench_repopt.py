@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import repzoo  # noqa: E402
-from repzoo.optim import create_repoptimizer, weight_decay_groups  # noqa: E402
+import repzoo
+from repzoo.optim import create_repoptimizer, weight_decay_groups
 
 
 

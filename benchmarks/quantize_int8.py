@@ -43,9 +43,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import repzoo  # noqa: E402
-from repzoo.bench import interleaved_images_per_second, machine  # noqa: E402
-from repzoo.integrations.quantize import (  # noqa: E402
+import repzoo
+from repzoo.bench import interleaved_images_per_second, machine
+from repzoo.integrations.quantize import (
     activation_ranges, int8_layers, int8_weights_only, kernel_ranges, logits, output_drift, quantize_int8,
     range_spread, weight_quant_error)
 

@@ -167,43 +167,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _weights_report(name: str) -> list:
     """For `repzoo info`: every tag's files with sources, size, sha256 and cache state."""
-    from .registry import name_alias
-    from .weights import hub
-    from .weights.files import known
+    from .weights import cache
     from .weights.manifest import load_manifest
-    from .weights.pretrained import deploy_cache_entries
 
     manifest = load_manifest()
     if not manifest.tags(name):
         return []
     model = manifest.model(name)
-    deploy = deploy_cache_entries()
-    out = []
-    for w in model.weights:
-        files = []
-        for f in w.files:
-            path = hub.cache_path(f.file_name)
-            sources = [s.describe() for s in f.sources]
-            hf_cached = None
-            for s in f.sources:
-                if s.kind == "hf":
-                    try:
-                        from huggingface_hub import try_to_load_from_cache
-
-                        found = try_to_load_from_cache(s.location, s.filename, revision=s.revision)
-                        hf_cached = found if isinstance(found, str) else None
-                    except Exception:  # noqa: BLE001 - informational only
-                        hf_cached = None
-            files.append(dict(file_name=f.file_name, form=f.form, key_style=f.key_style, size=f.size,
-                              sha256=f.sha256, sources=sources, manual=[str(m) for m in f.manual],
-                              cached=str(path) if path.is_file() else None,
-                              recorded_sha256=(known(f.file_name).sha256 if known(f.file_name) else None),
-                              hf_cache=hf_cached))
-        prefix = f"{name_alias(model.name)}.{name_alias(w.tag)}-"
-        out.append(dict(tag=w.tag, top1=w.top1, eval=w.eval.as_pretrained_cfg(), license=w.license,
-                        paper=w.paper, note=w.note, files=files,
-                        deploy_cache=[str(e["path"]) for e in deploy if str(e["file_name"]).startswith(prefix)]))
-    return out
+    return [dict(tag=w.tag, top1=w.top1, eval=w.eval.as_pretrained_cfg(), license=w.license, paper=w.paper,
+                 note=w.note, deploy_cache=[str(p) for p in cache.deploy_files(model.name, w.tag)],
+                 files=[dict(file_name=f.file_name, form=f.form, key_style=f.key_style, size=f.size, sha256=f.sha256,
+                             sources=[s.describe() for s in f.sources], manual=[str(m) for m in f.manual],
+                             **cache.file_state(f)) for f in w.files])
+            for w in model.weights]
 
 
 def _print_weights(report: list) -> None:
@@ -247,42 +223,26 @@ def _human(size: int) -> str:
 
 
 def _cmd_cache_ls(args: argparse.Namespace) -> int:
-    from .weights.hub import cache_entries
+    from .weights.cache import inventory
     from .weights.files import cache_dir
-    from .weights.pretrained import deploy_cache_entries
 
-    files, deploy = cache_entries(), deploy_cache_entries()
+    entries = inventory()
     print(f"repzoo cache: {cache_dir()}")
-    for e in files:
-        print(f"  {e['file_name']}  {_human(int(e['size']))}  sha256 {e['sha256'] or 'not recorded'}")
-    for e in deploy:
-        print(f"  deploy/{e['file_name']}  {_human(int(e['size']))}  "
-              f"(deploy form of {e['model']} {e['tag']}, from {e['source_file']})")
-    total = sum(int(e["size"]) for e in files + deploy)
-    print(f"{len(files)} files, {len(deploy)} deploy files, {_human(total)}")
+    for e in entries:
+        about = (f"sha256 {e['sha256'] or 'not recorded'}" if e["kind"] == "file"
+                 else f"(deploy form of {e['model']} {e['tag']}, from {e['source_file']})")
+        print(f"  {e['name']}  {_human(int(e['size']))}  {about}")
+    files = sum(e["kind"] == "file" for e in entries)
+    print(f"{files} files, {len(entries) - files} deploy files, {_human(sum(int(e['size']) for e in entries))}")
     return 0
 
 
 def _cmd_cache_rm(args: argparse.Namespace) -> int:
-    from .weights.hub import remove_cached
-    from .weights.manifest import load_manifest
-    from .weights.pretrained import deploy_cache_entries, remove_deploy_cached
+    from .weights.cache import remove
 
-    target, removed = args.target, []
-    manifest = load_manifest()
-    if manifest.tags(target):  # a model name: every file of every tag, and its deploy files
-        model = manifest.model(target)
-        for w in model.weights:
-            removed += [f.file_name for f in w.files if remove_cached(f.file_name)]
-        removed += [str(e["file_name"]) for e in deploy_cache_entries()
-                    if e["model"] == model.name and remove_deploy_cached(str(e["file_name"]))]
-    elif target.startswith("deploy/") or any(e["file_name"] == target for e in deploy_cache_entries()):
-        name = target[len("deploy/"):] if target.startswith("deploy/") else target
-        removed += [name] if remove_deploy_cached(name) else []
-    elif remove_cached(target):
-        removed.append(target)
+    removed = remove(args.target)
     if not removed:
-        print(f"repzoo: error: nothing cached for {target!r} (see `repzoo cache ls`)", file=sys.stderr)
+        print(f"repzoo: error: nothing cached for {args.target!r} (see `repzoo cache ls`)", file=sys.stderr)
         return 1
     for name in removed:
         print(f"removed {name}")

@@ -17,16 +17,21 @@ __all__ = ["run_demo", "run_repopt_demo", "randomize_bn", "images_per_second"]
 
 @torch.no_grad()
 def randomize_bn(model: nn.Module, generator: Optional[torch.Generator] = None) -> nn.Module:
-    """Give every BN non-trivial statistics and affine parameters (what training would)."""
+    """Give every BN non-trivial statistics and affine parameters (what training would), in place.
+
+    Running means and shifts are drawn from U(-0.5, 0.5), running variances from U(0.5, 2) and scales from
+    U(0.5, 1.5), in float64 from ``generator`` (default: torch's global one), then cast to the BN's dtype.
+    """
+    def draw(like: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(like.shape, generator=generator, dtype=torch.float64)).to(like)
+
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            r = lambda lo, hi: torch.empty(n).uniform_(lo, hi, generator=generator).to(m.running_mean)  # noqa: E731
-            m.running_mean.copy_(r(-0.5, 0.5))
-            m.running_var.copy_(r(0.5, 2.0))
+            m.running_mean.copy_(draw(m.running_mean, -0.5, 0.5))
+            m.running_var.copy_(draw(m.running_var, 0.5, 2.0))
             if m.affine:
-                m.weight.copy_(r(0.5, 1.5))
-                m.bias.copy_(r(-0.5, 0.5))
+                m.weight.copy_(draw(m.weight, 0.5, 1.5))
+                m.bias.copy_(draw(m.bias, -0.5, 0.5))
     return model
 
 

@@ -16,7 +16,8 @@ from typing import Optional
 
 import pytest
 import torch
-from torch import nn
+
+from repzoo.demo import randomize_bn  # noqa: F401  (the tests' one way to give BNs trained-like statistics)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / "tests" / "data"
@@ -155,20 +156,6 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def randomize_bn(model: nn.Module, generator: Optional[torch.Generator] = None) -> nn.Module:
-    """Give every BN non-trivial statistics and affine parameters (what training would)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            shape = m.running_mean.shape
-            m.running_mean.copy_(torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5)
-            m.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=generator, dtype=torch.float64))
-            if m.affine:
-                m.weight.copy_(0.5 + torch.rand(shape, generator=generator, dtype=torch.float64))
-                m.bias.copy_(torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5)
-    return model
-
-
 def patch_manifest(monkeypatch, name="RepVGG-A0", file_index=0, **changes):
     """Serve a copy of the packaged manifest with one file record of ``name`` changed (its sha256, size …)."""
     from repzoo.weights import manifest
@@ -206,3 +193,41 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REPZOO_HOME", str(tmp_path_factory.mktemp("repzoo_home")))
     for var in ("REPZOO_MIRROR", "REPZOO_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+
+
+# --------------------------------------------------------------------------- the test tiers
+
+#: A model with more train-time parameters than this is a large variant: its parametrized cases run in the
+#: heavy tier (``python3 -m pytest -m heavy``), the default tier keeps every family's small ones.
+LARGE_PARAMS = 40_000_000
+#: Large but the smallest of their family (RepOpt-VGG starts at B1): kept in the default tier.
+SMALLEST_OF_FAMILY = ("RepOpt-VGG-B1", "RepOpt-VGG-B1-csla", "RepOpt-VGG-B1-hs", "RepOpt-VGG-B1-repvgg")
+
+
+@functools.lru_cache(maxsize=None)
+def is_large(name: str) -> bool:
+    """Whether ``name`` (any spelling) is a registered model with more than :data:`LARGE_PARAMS` parameters."""
+    import repzoo
+    from repzoo.errors import RepZooError
+
+    try:
+        entry = repzoo.get_model_entry(name)
+    except (RepZooError, ValueError, TypeError):
+        return False
+    if entry.name in SMALLEST_OF_FAMILY:
+        return False
+    with torch.device("meta"):
+        return n_params(entry.builder()) > LARGE_PARAMS
+
+
+#: Files whose every test is in the heavy tier: multi-process runs, the OpenMMLab stack, int8, a training run.
+HEAVY_FILES = ("test_distributed.py", "test_example_train_distributed.py", "test_quantize.py",
+               "test_openmmlab.py", "test_mmdet.py", "test_mmseg.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The heavy files' tests, and every case parametrized by a large variant, go to the heavy tier."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.path.name in HEAVY_FILES or any(isinstance(v, str) and is_large(v) for v in params.values()):
+            item.add_marker(pytest.mark.heavy)

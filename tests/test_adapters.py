@@ -39,7 +39,7 @@ def _random_timm(timm_name: str, seed: int = 0) -> torch.nn.Module:
     model.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             fan_in = p[0].numel() if p.dim() > 1 else 1
             p.uniform_(-((3 / fan_in) ** 0.5), (3 / fan_in) ** 0.5, generator=g)  # unit variance per fan-in
         for name, b in model.named_buffers():

@@ -15,6 +15,7 @@ def report():
                      train_repeats=1, load_repeats=1, progress=False)
 
 
+@pytest.mark.heavy  # every figure of `repzoo bench`: timed runs of two models
 def test_every_figure_is_measured(report):
     assert {"cpu", "cores", "threads", "torch", "device"} <= set(report["machine"])
     a0, ghost = report["rows"]

@@ -68,6 +68,7 @@ def test_console_script_is_installed():
     assert out.split() == ["RepVGG-A0"]
 
 
+@pytest.mark.heavy  # a large variant (RepOpt-VGG-B1-hs), converted twice
 def test_convert_takes_the_head_size_from_the_checkpoint(tmp_path, capsys):
     """A Hyper-Search model has 100 classes: no option needed, the file says so."""
     torch.manual_seed(0)
@@ -85,6 +86,7 @@ def test_convert_takes_the_head_size_from_the_checkpoint(tmp_path, capsys):
     assert repzoo.read_state_dict(tmp_path / "x.pth")["linear.weight"].shape == (10, 2048)
 
 
+@pytest.mark.heavy  # a training run (the demo's RepOptimizer trajectory)
 def test_demo_of_a_repopt_model_shows_gr_equals_csla_on_the_released_scales(capsys, monkeypatch):
     monkeypatch.setenv("REPZOO_OFFLINE", "1")  # the released scales ship with repzoo
     assert main(["demo", "RepOpt-GhostNet-0.5x", "--image-size", "32", "--batch-size", "2"]) == 0

@@ -146,7 +146,7 @@ def test_fsdp2_stage_wrapping_needs_stages_called_as_modules():
             model = repzoo.create_model(name)
         calls = []
         for unit in repzoo.distributed.shard_units(model):
-            unit.register_forward_pre_hook(lambda m, args: calls.append(m))
+            unit.register_forward_pre_hook(lambda m, args, seen=calls: seen.append(m))
         with torch.device("meta"):
             model(torch.empty(1, 3, 64, 64))
         assert len(calls) == len(repzoo.distributed.shard_units(model)) > 0, name

@@ -44,11 +44,13 @@ def test_deploy_export_is_checked_and_has_no_branch_left(tmp_path, a0, fmt):
     assert ((got - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
+@pytest.mark.heavy  # an ONNX export of the train-time graph
 def test_a_train_time_export_keeps_its_branches(tmp_path, a0):
     report = repzoo.export(a0, tmp_path / "a0_train.onnx", input_size=(3, 64, 64))
     assert not report.deploy and report.conv_nodes == 44 and report.norm_nodes == 17
 
 
+@pytest.mark.heavy  # every export format through the CLI
 def test_export_command(tmp_path, a0, capsys):
     ckpt = tmp_path / "a0.pth"
     torch.save({"model": a0.state_dict()}, ckpt)

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import SCALES_DIR, SCALES_MODEL, SCALES_SHA256
 from httpserver import Response, Server, file_response, html_response
-from repzoo.weights import hub
+from repzoo.weights import http, hub
 from repzoo.errors import ChecksumError, RepZooError, WeightsUnavailableError
 from repzoo.weights.manifest import Source
 
@@ -60,7 +60,7 @@ def env(tmp_path, monkeypatch):
                 "REPZOO_GDRIVE_URL", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     delays = []
-    monkeypatch.setattr(hub, "_sleep", delays.append)
+    monkeypatch.setattr(http, "_sleep", delays.append)
     return SimpleNamespace(home=home, tmp=tmp_path, delays=delays, files=home / "files")
 
 
@@ -123,7 +123,7 @@ def test_partial_file_is_resumed_by_a_later_call_when_sha256_is_known(env):
         src = [Source("url", srv.url + "/" + NAME)]
         with pytest.raises(WeightsUnavailableError, match="HTTP 503"):
             hub.fetch(NAME, sources=src, sha256=SHA)
-        assert srv.count() == 1 + hub._RETRIES + 1  # the dropped download, then the resume and its retries
+        assert srv.count() == 1 + http._RETRIES + 1  # the dropped download, then the resume and its retries
         assert (env.files / (NAME + ".part")).stat().st_size == cut
         healthy.set()
         path = hub.fetch(NAME, sources=src, sha256=SHA)
@@ -141,15 +141,15 @@ def test_500_is_retried_with_backoff(env):
         assert srv.count() == 3
     assert path.read_bytes() == DATA
     # urllib3's schedule: the first retry at once, then backoff_factor * 2 ** (n - 1)
-    assert env.delays == [hub._BACKOFF * 2]
+    assert env.delays == [http._BACKOFF * 2]
 
 
 def test_transient_errors_back_off_exponentially_then_give_up(env):
     with Server({"/" + NAME: lambda req: Response(503, b"down")}) as srv:
         with pytest.raises(WeightsUnavailableError) as info:
             hub.fetch(NAME, sources=[Source("url", srv.url + "/" + NAME)], sha256=SHA)
-        assert srv.count() == hub._RETRIES + 1
-    assert env.delays == [hub._BACKOFF * 2 ** i for i in range(1, hub._RETRIES)]
+        assert srv.count() == http._RETRIES + 1
+    assert env.delays == [http._BACKOFF * 2 ** i for i in range(1, http._RETRIES)]
     assert "503" in str(info.value)
     assert _leftovers(env.home) == []
 
@@ -256,7 +256,7 @@ class Signal(logging.Handler):
         if record.getMessage().startswith("waiting for another process"):
             urllib.request.urlopen(base + "/waiting").read()
 
-log = logging.getLogger("repzoo.weights.hub")
+log = logging.getLogger("repzoo.weights.cache")
 log.setLevel(logging.INFO)
 log.addHandler(Signal())
 path = hub.fetch("w.pth", sources=[hub.Source("url", base + "/w.pth")], sha256=sha, progress=False)
@@ -279,7 +279,7 @@ def test_two_processes_fetch_one_file_once(env):
         procs = [subprocess.Popen([sys.executable, "-c", _CHILD, srv.url, SHA], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(2)]
         outs = [p.communicate(timeout=120) for p in procs]
-        for p, (out, err) in zip(procs, outs):
+        for p, (_, err) in zip(procs, outs):
             assert p.returncode == 0, err
         assert srv.count("/w.pth") == 1
         assert srv.count("/waiting") == 1
@@ -631,7 +631,7 @@ def test_a_read_only_cache_still_serves_its_files(env, monkeypatch):
         raise files.storage_error(PermissionError(30, "Read-only file system"), path, "a record")
 
     monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
-    monkeypatch.setattr(files, "_write_json", refuse_record)
+    monkeypatch.setattr(files, "write_json", refuse_record)
     assert hub.fetch(NAME, sha256=SHA) == path
     assert hub.cached_file(NAME) == path
     assert not list((env.home / "stat").glob("*.json"))

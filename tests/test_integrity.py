@@ -24,7 +24,7 @@ import torch
 import repzoo
 from repzoo.errors import (CheckpointError, ChecksumError, IncompatibleCheckpointError, RepZooError, StorageError,
                            UnsafeCheckpointError, WeightsUnavailableError)
-from repzoo.weights import hub
+from repzoo.weights import http, hub
 from repzoo.weights.checkpoint import validate_file
 from repzoo.weights.manifest import Source
 
@@ -66,7 +66,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("REPZOO_PROGRESS", "0")
     for var in ("REPZOO_MIRROR", "REPZOO_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_HUB_CACHE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(hub, "_sleep", lambda s: None)
+    monkeypatch.setattr(http, "_sleep", lambda s: None)
     return home
 
 
@@ -313,7 +313,7 @@ def test_a_stalled_download_resumes_and_the_stall_timeout_is_the_users(env, monk
 def test_the_overall_deadline_is_the_users(env, monkeypatch):
     monkeypatch.setenv("REPZOO_DOWNLOAD_TIMEOUT", "5")
     clock = iter(range(0, 10_000, 10))  # every look at the clock: 10 s later
-    monkeypatch.setattr(hub.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(http.time, "monotonic", lambda: next(clock))
     with _serve() as srv:
         with pytest.raises(WeightsUnavailableError, match="REPZOO_DOWNLOAD_TIMEOUT"):
             hub.fetch(NAME, sources=[Source("url", srv.url + "/" + NAME)], sha256=SHA)

@@ -1,6 +1,7 @@
 """The weights manifest: schema, packaged copy, names, scale files, and who reads it."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -159,7 +160,7 @@ def test_lookups_and_errors():
 
 def test_records_are_frozen():
     rec = load_manifest().weights("RepVGG-A0")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         rec.tag = "x"  # type: ignore[misc]
     assert isinstance(rec.files, tuple) and isinstance(rec.files[0].sources, tuple)
 

@@ -476,6 +476,7 @@ def test_under_autocast_the_step_is_the_reference_rule_on_the_autocast_gradients
     assert torch.allclose(w, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.heavy  # torch.compile
 def test_torch_compile_of_the_model_gives_the_eager_trajectory(float64):
     eager, compiled = TinyTarget(), TinyTarget()
     compiled.load_state_dict(eager.state_dict())

@@ -51,7 +51,7 @@ def test_unknown_name_lists_closest_and_says_what_to_do():
 def test_register_refuses_a_colliding_or_misnamed_entry():
     with pytest.raises(ValueError, match="collides"):
         @register_model("repvgg-a0", family="x", paper="y")
-        def repvgg_a0(**kw):  # noqa: F811
+        def repvgg_a0(**kw):
             raise AssertionError
     with pytest.raises(ValueError, match="must be named"):
         @register_model("Some-New-Net", family="x", paper="y")

@@ -42,7 +42,7 @@ CONFIGS = {
     "RepMLPNet-L256": ((2, 2, 18, 2), (64, 32, 16, 8), (1, 4, 32, 256)),
 }
 NATIVE = {name: 4 * tiles[0] for name, (_, tiles, _) in CONFIGS.items()}
-LARGE = pytest.mark.slow  # the 256 variants and B224: large float64 forwards
+LARGE = pytest.mark.heavy  # the 256 variants and B224: large float64 forwards
 
 
 def shapes(module):

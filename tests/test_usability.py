@@ -121,6 +121,7 @@ def test_scripted_and_traced_deploy_models_compute_the_same(name):
         assert rel_diff(torch.jit.trace(model, x)(x), ref) < 1e-6
 
 
+@pytest.mark.heavy  # torch.compile
 @pytest.mark.parametrize("name", ["RepVGG-A0", "RepGhostNet-0.5x"])
 def test_deploy_model_runs_under_torch_compile(name):
     torch.manual_seed(0)

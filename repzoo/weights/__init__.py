@@ -2,7 +2,8 @@
 the deploy cache and the RepOptimizer scale files. Nothing here builds a model's layers."""
 from .adapters import adapt_state_dict, detect_key_style, key_styles, register_key_adapter
 from .checkpoint import load_checkpoint, read_state_dict, save_state_dict, unwrap_state_dict
-from .hub import Source, cache_entries, cache_path, cached_file, fetch, is_offline, remove_cached
+from .cache import cache_entries, cache_path, cached_file, remove_cached
+from .hub import Source, fetch, is_offline
 from .files import cache_dir
 from .manifest import load_manifest
 from .pretrained import (deploy_cache_entries, download, load_pretrained_state_dict, pretrained_cfg,

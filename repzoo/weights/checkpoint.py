@@ -27,7 +27,7 @@ from ..reparam import convert_state_dict, is_deploy, model_signature
 from . import safe_pickle
 from .files import atomic_path
 
-__all__ = ["read_state_dict", "unwrap_state_dict", "load_checkpoint", "save_state_dict", "validate_file",
+__all__ = ["read_state_dict", "unwrap_state_dict", "load_checkpoint", "save_state_dict", "validate_file", "misfit",
            "checkpoint_form", "state_bytes"]
 
 _log = logging.getLogger(__name__)
@@ -105,11 +105,11 @@ def _read_file(path: str, max_bytes: Optional[int] = None) -> object:
         ) from err
 
 
-def validate_file(path: Union[str, os.PathLike]) -> None:
-    """Raise :class:`CheckpointError` unless ``path`` is a complete, readable checkpoint of tensors.
+def validate_file(path: Union[str, os.PathLike], max_bytes: Optional[int] = None) -> StateDict:
+    """The tensors of ``path``; a :class:`CheckpointError` unless it is a complete, readable checkpoint.
 
-    For a torch zip the CRC of every member is checked; safetensors and legacy files are read.
-    Used before a file is trusted on first use.
+    For a torch zip the CRC of every member is checked; safetensors and legacy files are read
+    (``max_bytes`` as in :func:`read_state_dict`). Used before a file is trusted on first use.
     """
     path = os.fspath(path)
     if zipfile.is_zipfile(path):
@@ -120,7 +120,26 @@ def validate_file(path: Union[str, os.PathLike]) -> None:
             raise CheckpointError(f"{path!r} is a damaged zip ({err}).") from None
         if bad is not None:
             raise CheckpointError(f"{path!r} is damaged: its member {bad!r} fails its CRC check.")
-    read_state_dict(path)
+    return read_state_dict(path, max_bytes=max_bytes)
+
+
+def misfit(model: nn.Module, sd: Mapping[str, torch.Tensor], deploy: bool) -> Optional[str]:
+    """Why ``sd`` is not a state dict of ``model``'s train (``deploy=False``) or deploy form (keys, then
+    shapes); None when it is. Nothing is built or converted: the form's signature decides."""
+    sig = model_signature(model, deploy)
+    drop = tuple(getattr(model, "train_only_prefixes", ())) if not deploy and is_deploy(model) else ()
+    if drop:  # what a deploy model cannot know: checked when the train-time file is converted
+        sd = {k: v for k, v in sd.items() if not k.startswith(drop)}
+    missing, unexpected, shapes = _diff(sig, sd, sorted(sd))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's {len(sig)} tensors missing ({_fmt(missing, 3)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors the model does not have ({_fmt(unexpected, 3)})")
+    if shapes:
+        parts.append(f"{len(shapes)} of other shapes ({shapes[0]}: {list(sd[shapes[0]].shape)} in the file, "
+                     f"{list(sig[shapes[0]])} in the model)")
+    return "; ".join(parts) or None
 
 
 # --------------------------------------------------------------------------- unwrapping

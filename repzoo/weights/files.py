@@ -47,6 +47,10 @@ __all__ = [
     "remember_known",
     "forget_known",
     "check_file_name",
+    "part_path",
+    "part_record_path",
+    "write_json",
+    "read_json",
     "storage_error",
     "umask",
 ]
@@ -148,12 +152,26 @@ def atomic_path(path: PathLike, what: str = "a file") -> Iterator[pathlib.Path]:
             tmp.unlink()
 
 
-def _write_json(path: pathlib.Path, data: dict, what: str) -> None:
+def part_path(target: PathLike) -> pathlib.Path:
+    """Where a download of ``target`` streams to: ``<target>.part`` beside it."""
+    target = pathlib.Path(target)
+    return target.with_name(target.name + ".part")
+
+
+def part_record_path(part: PathLike) -> pathlib.Path:
+    """The resume record of a ``.part`` file: ``<target>.part.json`` beside it."""
+    part = pathlib.Path(part)
+    return part.with_name(part.name + ".json")
+
+
+def write_json(path: pathlib.Path, data: dict, what: str) -> None:
+    """Write ``data`` as JSON through :func:`atomic_path` (a :class:`StorageError` when it cannot)."""
     with atomic_path(path, what) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _read_json(path: pathlib.Path) -> Optional[dict]:
+def read_json(path: pathlib.Path) -> Optional[dict]:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -225,7 +243,7 @@ def _stat_record(real: str, create: bool) -> pathlib.Path:
 def remember_verified(fp: Fingerprint) -> None:
     """Record that ``fp.path`` was verified (best effort: a read-only cache records nothing)."""
     try:
-        _write_json(_stat_record(fp.path, True), asdict(fp), "a verification record")
+        write_json(_stat_record(fp.path, True), asdict(fp), "a verification record")
     except RepZooError:
         pass
 
@@ -236,7 +254,7 @@ def forget_verified(path: PathLike) -> None:
 
 
 def _recorded(real: str) -> Optional[Fingerprint]:
-    rec = _read_json(_stat_record(real, False)) if cache_dir(False).is_dir() else None
+    rec = read_json(_stat_record(real, False)) if cache_dir(False).is_dir() else None
     if rec is None:
         return None
     try:
@@ -306,7 +324,7 @@ def known(file_name: str) -> Optional[Known]:
     if not cache_dir(False).is_dir():
         check_file_name(file_name)
         return None
-    rec = _read_json(_known_path(file_name, False))
+    rec = read_json(_known_path(file_name, False))
     if rec is None:
         return None
     try:
@@ -319,7 +337,7 @@ def known(file_name: str) -> Optional[Known]:
 def remember_known(file_name: str, sha256: str, size: int, source: str) -> None:
     """Record what ``file_name`` is (best effort: a read-only cache records nothing)."""
     try:
-        _write_json(_known_path(file_name, True), asdict(Known(file_name, sha256, size, source)), "a hash record")
+        write_json(_known_path(file_name, True), asdict(Known(file_name, sha256, size, source)), "a hash record")
     except StorageError:
         pass
 

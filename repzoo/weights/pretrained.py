@@ -16,24 +16,21 @@ see :mod:`repzoo.weights.files` for what a warm load checks.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import pathlib
-import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..errors import (CheckpointError, ChecksumError, IncompatibleCheckpointError, RepZooError, StorageError,
+from ..errors import (CheckpointError, ChecksumError, IncompatibleCheckpointError, RepZooError,
                       WeightsUnavailableError)
-from ..registry import get_model_entry, name_alias
-from . import hub as _hub
-from .adapters import adapt_state_dict
-from .checkpoint import read_state_dict, save_state_dict, state_bytes, validate_file
-from .files import (cache_subdir, fingerprint, forget_known, forget_verified, known, matches_record, remember_verified,
-                    verified_sha256)
+from ..registry import get_model_entry
+from . import cache, hub as _hub
 from . import manifest
+from .adapters import adapt_state_dict
+from .cache import (deploy_cache_dir, deploy_cache_entries, deploy_cache_path, remove_deploy_cached)
+from .checkpoint import misfit, read_state_dict, state_bytes, validate_file
+from .files import forget_known, forget_verified, known, verified_sha256
 from .manifest import FileRecord, WeightsRecord
 
 __all__ = [
@@ -50,126 +47,6 @@ _log = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
 
-_DEPLOY = "deploy"
-
-
-# --------------------------------------------------------------------------- the deploy cache
-
-
-def deploy_cache_dir(create: bool = True) -> pathlib.Path:
-    return cache_subdir(_DEPLOY, create)
-
-
-def _conversion_version() -> int:
-    from .. import reparam
-
-    return int(reparam.CONVERSION_VERSION)
-
-
-def deploy_cache_path(name: str, tag: str, source_sha256: str) -> pathlib.Path:
-    """``<cache>/deploy/<alias>.<tag>-<source sha256>-c<conversion version>.safetensors``."""
-    if not (len(source_sha256) == 64 and all(c in "0123456789abcdef" for c in source_sha256)):
-        raise RepZooError(f"{source_sha256!r} is not a sha256")
-    return deploy_cache_dir(create=False) / (f"{name_alias(name)}.{name_alias(tag)}-{source_sha256}"
-                                             f"-c{_conversion_version()}.safetensors")
-
-
-def tensors_sha256(sd: StateDict) -> str:
-    """A hash of a state dict's content: every key, dtype, shape and byte, in key order."""
-    digest = hashlib.sha256()
-    for key in sorted(sd):
-        t = sd[key].detach().contiguous().cpu()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def _read_deploy(path: pathlib.Path, source_sha256: str) -> Optional[StateDict]:
-    """The cached deploy weights, or None when absent, stale or damaged (a damaged file is removed)."""
-    if not path.is_file():
-        return None
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("source_sha256") != source_sha256 or meta.get("conversion_version") != str(_conversion_version()):
-            raise ValueError(f"metadata {meta} does not match")
-        verdict = matches_record(path)
-        if verdict is False:
-            raise ValueError("its bytes changed since it was written")
-        sd = load_file(str(path))
-        if verdict is None:  # no record (a copied cache): its own content hash decides, once
-            if tensors_sha256(sd) != meta.get("content_sha256"):
-                raise ValueError("its tensors do not match the hash it carries")
-            remember_verified(fingerprint(path))
-        return sd
-    except Exception as err:  # noqa: BLE001 - a bad cache entry is rebuilt, never trusted
-        _log.warning("deploy cache entry %s is unusable (%s): removing it", path, err)
-        _remove_deploy_file(path)
-        return None
-
-
-def _remove_deploy_file(path: pathlib.Path) -> None:
-    forget_verified(path)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        _log.warning("could not remove %s (%s)", path, err)
-
-
-def _write_deploy(path: pathlib.Path, sd: StateDict, *, name: str, tag: str, source: FileRecord,
-                  source_sha256: str) -> bool:
-    """Write ``sd`` as safetensors, atomically; False (with a warning) when the cache cannot take it."""
-    meta = {"model": name, "tag": tag, "source_file": source.file_name, "source_sha256": source_sha256,
-            "conversion_version": str(_conversion_version()), "content_sha256": tensors_sha256(sd), "format": "pt"}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_state_dict(sd, path, metadata=meta)
-    except (StorageError, OSError) as err:
-        warnings.warn(f"The converted weights of {name} could not be cached ({err}); the model is fine, but the "
-                      "next deploy load will convert again.", UserWarning, stacklevel=4)
-        return False
-    remember_verified(fingerprint(path))
-    return True
-
-
-def deploy_cache_entries() -> List[Dict[str, object]]:
-    """Every deploy-cache file: ``[{file_name, path, size, model, tag, source_file, source_sha256}]``."""
-    from safetensors import safe_open
-
-    folder = deploy_cache_dir(create=False)
-    if not folder.is_dir():
-        return []
-    out: List[Dict[str, object]] = []
-    for path in sorted(folder.glob("*.safetensors")):
-        if path.name.startswith("."):
-            continue
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception:  # noqa: BLE001
-            meta = {}
-        out.append({"file_name": path.name, "path": path, "size": path.stat().st_size,
-                    "model": meta.get("model"), "tag": meta.get("tag"), "source_file": meta.get("source_file"),
-                    "source_sha256": meta.get("source_sha256")})
-    return out
-
-
-def remove_deploy_cached(file_name: str) -> bool:
-    """Delete one deploy-cache file by its file name; True if it existed."""
-    if os.path.basename(file_name) != file_name or file_name.startswith("."):
-        raise RepZooError(f"Refused {file_name!r}: give a file name from `repzoo cache ls`, not a path.")
-    path = deploy_cache_dir(create=False) / file_name
-    if path.is_file():
-        _remove_deploy_file(path)
-        return True
-    return False
-
-
 # --------------------------------------------------------------------------- fetching
 
 
@@ -181,9 +58,28 @@ def _source_sha256(rec: FileRecord) -> Optional[str]:
     return first.sha256 if first else None
 
 
-def _fetch_one(rec: FileRecord, progress: Optional[bool]) -> pathlib.Path:
+def fits_model(name: str, rec: FileRecord) -> Callable[[pathlib.Path], None]:
+    """The check before ``rec``'s file is trusted on first use: a complete, readable checkpoint whose keys
+    and shapes (in ``rec``'s key style) are those of ``name`` in ``rec``'s form, else "another model's"."""
+    def validate(path: pathlib.Path) -> None:
+        sd = validate_file(path, max_bytes=_max_bytes(name))
+        try:
+            sd = adapt_state_dict(sd, rec.key_style or "official", name)
+            with torch.device("meta"):  # the deploy model knows both forms' keys and shapes
+                model = get_model_entry(name).builder(deploy=True)
+            why = misfit(model, sd, deploy=rec.form == "deploy")
+        except (IncompatibleCheckpointError, KeyError, ValueError) as err:
+            why = f"its keys do not map to {name}'s ({str(err).splitlines()[0][:160]})"
+        if why:
+            raise IncompatibleCheckpointError(
+                f"this is another model's checkpoint, not {name}'s in its {rec.form} form: {why}")
+
+    return validate
+
+
+def _fetch_one(name: str, rec: FileRecord, progress: Optional[bool]) -> pathlib.Path:
     return _hub.fetch(rec.file_name, sources=rec.sources, sha256=rec.sha256, size=rec.size, progress=progress,
-                           hint=rec.hint(), validate=validate_file)
+                      hint=rec.hint(), validate=fits_model(name, rec))
 
 
 def _fetch_any(weights: WeightsRecord, progress: Optional[bool]) -> Tuple[pathlib.Path, FileRecord]:
@@ -191,7 +87,7 @@ def _fetch_any(weights: WeightsRecord, progress: Optional[bool]) -> Tuple[pathli
     errors: List[Tuple[FileRecord, RepZooError]] = []
     for rec in weights.files:
         try:
-            return _fetch_one(rec, progress), rec
+            return _fetch_one(weights.name, rec, progress), rec
         except (WeightsUnavailableError, ChecksumError) as err:
             errors.append((rec, err))
     if len(errors) == 1:
@@ -224,12 +120,12 @@ def _forget_bad_file(path: pathlib.Path, rec: FileRecord) -> str:
     first = known(rec.file_name)
     if first is not None and not rec.sha256:
         forget_known(rec.file_name)  # a bad file's hash must not hold back a good one
-    cached = _hub.cache_path(rec.file_name)
+    cached = cache.cache_path(rec.file_name)
     if path == cached:
-        _hub.remove_cached(rec.file_name)
+        cache.remove_cached(rec.file_name)
         return f"repzoo removed it from the cache ({cached}): run again to download a fresh copy."
     if "huggingface" in str(path) or "models--" in str(path):
-        _hub._drop_hf_copy(path)
+        _hub.drop_hf_copy(path)
         return "repzoo removed it from the Hugging Face cache: run again to download a fresh copy."
     forget_verified(path)
     return f"Replace {path} with a good copy (repzoo never changes files outside its cache)."
@@ -253,7 +149,7 @@ def _deploy_from_cache(weights: WeightsRecord) -> Optional[Tuple[StateDict, path
         sha = _source_sha256(rec)
         if rec.form == "train" and sha:
             path = deploy_cache_path(weights.name, weights.tag, sha)
-            sd = _read_deploy(path, sha)
+            sd = cache.read_deploy(path, sha)
             if sd is not None:
                 return sd, path
     return None
@@ -279,7 +175,8 @@ def _load(name: str, tag: Optional[str], deploy: bool, progress: Optional[bool]
     sha = _source_sha256(rec) or verified_sha256(path)  # recorded by the fetch, unless the cache is read-only
     target = deploy_cache_path(weights.name, weights.tag, sha)
     converted = _convert(weights.name, _read(path, rec, weights.name))
-    written = _write_deploy(target, converted, name=weights.name, tag=weights.tag, source=rec, source_sha256=sha)
+    written = cache.write_deploy(target, converted, name=weights.name, tag=weights.tag, source_file=rec.file_name,
+                                 source_sha256=sha)
     _log.info("converted %s to the deploy form once%s", rec.file_name, f"; cached at {target}" if written else "")
     return converted, target if written else None
 
