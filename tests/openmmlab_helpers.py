@@ -127,7 +127,7 @@ def write_coco(root, n_train: int = 4, n_val: int = 2, size: int = SIZE) -> None
         images, anns = [], []
         for i in range(offset, offset + count):
             img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-            for j in range(2):
+            for _ in range(2):
                 c = int(rng.integers(0, 3))
                 w, h = (int(v) for v in rng.integers(14, 28, 2))
                 x, y = (int(v) for v in rng.integers(0, size - 28, 2))
@@ -157,7 +157,7 @@ def write_ade(root, n_train: int = 4, n_val: int = 2, size: int = SIZE) -> None:
             label = np.zeros((size, size), dtype=np.uint8)
             img = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
             q = size // 2
-            for k, (y, x) in enumerate(((0, 0), (0, q), (q, 0), (q, q))):
+            for y, x in ((0, 0), (0, q), (q, 0), (q, q)):
                 cls = int(rng.integers(1, 6))
                 label[y:y + q, x:x + q] = cls
                 img[y:y + q, x:x + q] = (COLORS + [(200, 200, 200)])[cls - 1]

@@ -13,7 +13,7 @@ from conftest import randomize_bn, rel_diff
 from httpserver import Response, Server, file_response
 
 timm = pytest.importorskip("timm")
-import repzoo.integrations.timm  # noqa: E402,F401  (registers the models)
+import repzoo.integrations.timm  # noqa: E402  (registers the models)
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 
@@ -67,10 +67,11 @@ def test_repzoo_save_for_hf_writes_a_card_and_loads_from_a_hub_endpoint(tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written left beside
 
     files = {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")}
-    routes = {f"/someone/repvgg-a0-5cls/resolve/main/{name}":
-              (lambda data: lambda req: file_response(req, data, headers={"X-Repo-Commit": COMMIT,
-                                                                          "ETag": f'"{hash(data)}"'}))(data)
-              for name, data in files.items()}
+
+    def serve(data):
+        return lambda req: file_response(req, data, headers={"X-Repo-Commit": COMMIT, "ETag": f'"{hash(data)}"'})
+
+    routes = {f"/someone/repvgg-a0-5cls/resolve/main/{name}": serve(data) for name, data in files.items()}
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     x = torch.randn(1, 3, 32, 32)

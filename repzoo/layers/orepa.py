@@ -33,7 +33,7 @@ its own (float32-rounded) values and both the forward and the conversion use the
 A fresh layer builds them in its own dtype and device.
 """
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.fx

@@ -16,7 +16,6 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import IncompatibleCheckpointError, InvalidArgumentError

@@ -11,7 +11,7 @@ the device the caller names: the model's own, so a float64 model holds an exact 
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
