@@ -146,7 +146,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> i
         except KeyboardInterrupt:
             print("repzoo: error: interrupted", file=sys.stderr)
             return 130
-        except Exception as err:
+        except Exception as err:  # the boundary: a bug is one line, not a traceback
             if os.environ.get("REPZOO_DEBUG"):
                 raise
             first = (str(err).strip().splitlines() or [""])[0][:300]
