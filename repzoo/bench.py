@@ -25,7 +25,6 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .machine import machine
+
 __all__ = ["machine", "interleaved_images_per_second", "peak_memory", "train_step_fn", "train_step_cost", "run_bench",
            "markdown", "machine_line", "plot", "plot_speedup"]
 
@@ -44,21 +45,6 @@ __all__ = ["machine", "interleaved_images_per_second", "peak_memory", "train_ste
 TIMM_TWINS = {**{f"RepVGG-{v}": f"repvgg_{v.lower()}" for v in "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()},
               **{f"RepGhostNet-{w}x": f"repghostnet_{round(float(w) * 100):03d}"
                  for w in ("0.5", "0.58", "0.8", "1.0", "1.11", "1.3", "1.5", "2.0")}}
-
-
-def machine(device: str) -> Dict[str, Any]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), device=device)
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
 
 
 def peak_memory(build: Callable[[], Any], run: Callable[[Any], Any], device: Any = "cpu") -> Dict[str, int]:

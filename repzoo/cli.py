@@ -1,4 +1,4 @@
-"""The ``repzoo`` command: list, info, convert, export, bench, demo, download, cache, predict."""
+"""The ``repzoo`` command: list, info, convert, export, bench, demo, download, cache, predict, validate, data."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,8 @@ import json
 import sys
 from typing import List, Optional
 
-from .cli_support import Parser, check_image_size, device, existing_file, non_negative_int, positive_int, run_command
+from .cli_support import (Parser, check_image_size, device, existing_file, existing_folder, fraction, non_negative_int,
+                          positive_int, run_command)
 from .errors import RepZooError
 
 __all__ = ["main"]
@@ -288,6 +289,29 @@ def _read_image(path: str, transform, Image, warnings):
         raise RepZooError(f"Cannot read image {path!r} ({err}). Pass JPEG/PNG files.") from None
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .train import validate
+
+    check_image_size(args.model, args.image_size)
+    result = validate(args.model, args.data, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                      deploy=args.deploy, both_forms=args.both_forms, num_classes=args.num_classes,
+                      class_map=args.class_map, batch_size=args.batch_size, workers=args.workers,
+                      image_size=args.image_size, crop_pct=args.crop_pct, interpolation=args.interpolation,
+                      bf16=args.bf16, channels_last=args.channels_last, device=args.device,
+                      on_bad_image=args.on_bad_image, progress=not args.quiet)
+    print(result.to_json() if args.json else result)
+    return 0
+
+
+def _cmd_data_digits(args: argparse.Namespace) -> int:
+    from .train import write_digits_folder
+
+    counts = write_digits_folder(args.output, size=args.image_size, seed=args.seed)
+    print(f"wrote {counts['train']} train and {counts['val']} val images ({args.image_size} px) to "
+          f"{args.output}/train and {args.output}/val")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
@@ -374,6 +398,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None)
     p.add_argument("--top-k", type=positive_int, default=5)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("validate", help="top-1 / top-5 / loss of a model on an image folder (class sub-folders)")
+    p.add_argument("data", type=existing_folder, help="a folder with one sub-folder of images per class")
+    p.add_argument("--model", required=True)
+    p.add_argument("--checkpoint", type=existing_file, default=None, help="weights (any format repzoo reads)")
+    p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
+                   help="the released weights (optionally a tag)")
+    p.add_argument("--deploy", action="store_true", help="evaluate the converted (plain) form")
+    p.add_argument("--both-forms", action="store_true", help="the train form and its conversion; count differing "
+                   "predictions")
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="the head's size (default: the checkpoint's, or the number of class folders)")
+    p.add_argument("--class-map", type=existing_file, default=None, help="a file of class names, one per line")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=non_negative_int, default=2)
+    p.add_argument("--image-size", type=positive_int, default=None, help="default: the model's evaluation size")
+    p.add_argument("--crop-pct", type=fraction, default=None)
+    p.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], default=None)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop",
+                   help="a file that is not a readable image: stop with an error, or leave it out and count it")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("data", help="write a real small image set as an image folder")
+    data = p.add_subparsers(dest="data_command", required=True)
+    c = data.add_parser("digits", help="scikit-learn's 1,797 handwritten digits as OUTPUT/train and OUTPUT/val")
+    c.add_argument("output")
+    c.add_argument("--image-size", type=positive_int, default=32)
+    c.add_argument("--seed", type=non_negative_int, default=0)
+    c.set_defaults(func=_cmd_data_digits)
     return parser
 
 

@@ -21,7 +21,8 @@ from typing import Callable, List, Optional
 
 from .errors import RepZooError
 
-__all__ = ["Parser", "positive_int", "non_negative_int", "device", "existing_file", "check_image_size",
+__all__ = ["Parser", "positive_int", "non_negative_int", "fraction", "device", "existing_file", "existing_folder",
+           "check_image_size",
            "run_command", "EXIT_ERROR", "EXIT_BUG"]
 
 EXIT_ERROR = 2  #: a bad argument or a refused input (argparse's code too)
@@ -66,6 +67,18 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+@_checked(("0", "1.5", "-0.2", "half"))
+def fraction(text: str) -> float:
+    """A number in (0, 1] (a crop fraction)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, not {value}")
+    return value
+
+
 @_checked(("gpu0", "cuda:99", "mps:7"))
 def device(text: str) -> str:
     """A torch device that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
@@ -95,6 +108,15 @@ def existing_file(text: str) -> str:
     if not os.path.isfile(text):
         where = "is a folder, not a file" if os.path.isdir(text) else "does not exist"
         raise argparse.ArgumentTypeError(f"{text!r} {where}: pass the path of a checkpoint file")
+    return text
+
+
+@_checked(("/no/such/folder",))
+def existing_folder(text: str) -> str:
+    """A path to a folder that exists."""
+    if not os.path.isdir(text):
+        where = "is a file, not a folder" if os.path.isfile(text) else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text!r} {where}: pass the folder of class sub-folders")
     return text
 
 

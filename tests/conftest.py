@@ -20,6 +20,29 @@ import torch
 from repzoo.demo import randomize_bn  # noqa: F401  (the tests' one way to give BNs trained-like statistics)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _keep_jit_builtins_alive() -> None:
+    """torch's TorchScript frontend knows its builtin ops by ``id()`` (``torch.jit._builtins``); when torch.ao
+    adds an overload to an existing op, ``torch._ops._refresh_packet`` registers a new op object and frees the
+    old one, whose id stays in the table. An unrelated object that later gets that address (a Conv2d's
+    ``_reversed_padding_repeated_twice`` list) is then taken for a builtin, and scripting fails at random with
+    "builtin cannot be used as a value" (seen in CI, after the quantization docs' example ran in the same
+    process). Keeping every registered op alive keeps its id unique."""
+    import torch.jit._builtins as builtins
+
+    registered = []
+    original = builtins._register_builtin
+
+    def register(fn, op):
+        registered.append(fn)
+        return original(fn, op)
+
+    builtins._register_builtin = register
+    builtins._kept_alive = registered
+
+
+_keep_jit_builtins_alive()
 DATA = REPO_ROOT / "tests" / "data"
 SIGNATURES_ARCHIVE = DATA / "signatures.tar.xz"
 SIGNATURES_SHA256 = DATA / "signatures.sha256"

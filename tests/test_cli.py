@@ -129,6 +129,7 @@ def _filled(sub, tmp_path, skip=None, model="RepVGG-A0", with_model=False):
         if action.dest == skip or isinstance(action, argparse._HelpAction) or not wanted:
             continue
         value = model if action.dest in MODEL_DESTS else str(existing) if action.type is cli_support.existing_file \
+            else str(tmp_path) if action.type is cli_support.existing_folder \
             else str(tmp_path / "out.bin") if action.dest == "output" else str(existing)
         argv += ([action.option_strings[0]] if action.option_strings else []) + [value]
     return argv

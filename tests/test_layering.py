@@ -14,13 +14,14 @@ PACKAGE = REPO_ROOT / "repzoo"
 #: Floors, top to bottom: a module may import its own floor (without cycles) and the floors below.
 FLOORS = [
     ("repzoo", "repzoo.cli", "repzoo.cli_support", "repzoo.demo", "repzoo.bench", "repzoo.integrations"),
+    ("repzoo.train",),
     ("repzoo.factory", "repzoo.catalog", "repzoo.optim", "repzoo.distributed"),
     ("repzoo.models",),
     ("repzoo.weights",),
     ("repzoo.registry",),
     ("repzoo.layers",),
     ("repzoo.reparam",),
-    ("repzoo.errors", "repzoo.version"),
+    ("repzoo.errors", "repzoo.version", "repzoo.machine"),
 ]
 
 

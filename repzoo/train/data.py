@@ -1,0 +1,173 @@
+"""Image folders as ImageNet's val split lays them out: one sub-folder per class, class names sorted.
+
+``scan_image_folder`` reads the layout once and refuses what would fail half-way through a run (no folder,
+no classes, no images, files that are not images); ``ImageFolderDataset`` decodes lazily and never raises in
+a worker: an image that cannot be decoded comes back flagged, for the loop to stop on or to skip and count.
+``write_digits_folder`` writes scikit-learn's handwritten digits (1,797 real 8x8 scans) as such a folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..errors import RepZooError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "scan_image_folder", "class_indices", "ImageFolderDataset",
+           "write_digits_folder"]
+
+#: what torchvision's ImageFolder and timm's readers take as images
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_SYNSET = re.compile(r"n\d{8}")
+
+
+@dataclass
+class ImageFolderIndex:
+    """The classes (sorted folder names) and ``(path, class position)`` samples of an image folder."""
+
+    root: Path
+    classes: List[str]
+    samples: List[Tuple[str, int]]
+    not_images: List[str] = field(default_factory=list)
+
+    @property
+    def synsets(self) -> bool:
+        """Whether every class folder is named by an ImageNet synset (``n01440764``)."""
+        return all(_SYNSET.fullmatch(c) for c in self.classes)
+
+
+def scan_image_folder(root, *, on_bad_image: str = "stop") -> ImageFolderIndex:
+    """The layout of ``root``, or a :class:`RepZooError` saying what is wrong with it.
+
+    Files that are not images (by extension) are refused with ``on_bad_image='stop'``, listed in
+    ``not_images`` and left out with ``'skip'``. Hidden files (``.DS_Store``) are ignored.
+    """
+    if on_bad_image not in ("stop", "skip"):
+        raise RepZooError(f"on_bad_image must be 'stop' or 'skip', not {on_bad_image!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise RepZooError(f"{root} is not a folder: pass a folder with one sub-folder of images per class "
+                          "(as ImageNet's val split: val/n01440764/*.JPEG ...).")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise RepZooError(f"{root} has no class sub-folders: put the images of each class in a folder of its own "
+                          f"({root}/<class>/<image>.jpg).")
+    samples, not_images = [], []
+    for position, name in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for file in sorted(filenames):
+                if file.startswith("."):
+                    continue
+                path = os.path.join(dirpath, file)
+                (samples if file.lower().endswith(IMAGE_EXTENSIONS) else not_images).append(
+                    (path, position) if file.lower().endswith(IMAGE_EXTENSIONS) else path)
+    if not_images and on_bad_image == "stop":
+        shown = ", ".join(not_images[:3]) + (f" and {len(not_images) - 3} more" if len(not_images) > 3 else "")
+        raise RepZooError(f"{root} holds {len(not_images)} file(s) that are not images ({shown}): remove them, "
+                          f"or pass --on-bad-image skip to leave them out. Images are {', '.join(IMAGE_EXTENSIONS)}.")
+    if not samples:
+        raise RepZooError(f"{root} holds no images in its {len(classes)} class folder(s): images are "
+                          f"{', '.join(IMAGE_EXTENSIONS)} files.")
+    return ImageFolderIndex(root, classes, samples, not_images)
+
+
+def class_indices(index: ImageFolderIndex, num_classes: int, class_map: Optional[str] = None) -> Dict[str, int]:
+    """The head's index of each class folder.
+
+    - ``class_map``: a text file of class names, one per line; a folder's index is its line (timm's
+      ``--class-map``);
+    - folders named by ImageNet synsets, for a 1000-class head: the ImageNet-1k index (the synsets sorted,
+      as the authors' ``test.py`` and timm's ``validate.py`` have it; a subset of the 1000 folders keeps its
+      indices);
+    - otherwise the folders sorted, 0 … N-1.
+    """
+    if class_map is not None:
+        try:
+            names = [ln.strip() for ln in Path(class_map).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise RepZooError(f"Cannot read the class map {class_map}: {err}") from None
+        where = {n: i for i, n in enumerate(names)}
+        missing = [c for c in index.classes if c not in where]
+        if missing:
+            raise RepZooError(f"The class map {class_map} does not name the folder(s) {', '.join(missing[:5])}: "
+                              "it needs one line per class name.")
+        mapping = {c: where[c] for c in index.classes}
+    elif index.synsets and num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        order = {s: i for i, s in enumerate(ImageNetInfo().label_names())}
+        unknown = [c for c in index.classes if c not in order]
+        if unknown:
+            raise RepZooError(f"{', '.join(unknown[:5])} are not ImageNet-1k synsets: pass --class-map.")
+        mapping = {c: order[c] for c in index.classes}
+    else:
+        mapping = {c: i for i, c in enumerate(index.classes)}
+    top = max(mapping.values())
+    if top >= num_classes:
+        raise RepZooError(f"{index.root} has {len(index.classes)} classes (largest index {top}) but the model's "
+                          f"head has {num_classes}: pass --num-classes {len(index.classes)} for a model trained on "
+                          "these classes, or --class-map to place them in the head's classes.")
+    return mapping
+
+
+class ImageFolderDataset:
+    """``(image tensor, class index, ok)``; a file that cannot be decoded gives ``ok=False`` and a blank image."""
+
+    def __init__(self, index: ImageFolderIndex, transform: Callable, mapping: Dict[str, int], blank_shape: Sequence[int]):
+        self.samples = [(p, mapping[index.classes[c]]) for p, c in index.samples]
+        self.transform, self.blank_shape = transform, tuple(blank_shape)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        import warnings
+
+        import torch
+        from PIL import Image
+
+        path, target = self.samples[i]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    return self.transform(img.convert("RGB")), target, True
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return torch.zeros(self.blank_shape), target, False
+
+
+def write_digits_folder(root, *, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Dict[str, int]:
+    """Write scikit-learn's handwritten digits (1,797 labelled 8x8 scans, 10 classes) as ``root/train/<digit>/`` and
+    ``root/val/<digit>/`` PNGs, ``size`` px RGB, split at random (``seed``) with ``val_fraction`` in val per class.
+
+    Needs scikit-learn (``pip install repzoo[train]``). Returns the number of images of each split.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise RepZooError("The digits come with scikit-learn: pip install 'repzoo[train]' (or scikit-learn).") from None
+    import numpy as np
+    from PIL import Image
+
+    from ..weights.files import atomic_path
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    counts = {"train": 0, "val": 0}
+    for label in range(10):
+        idx = np.flatnonzero(digits.target == label)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction))
+        for split, part in (("val", idx[:n_val]), ("train", idx[n_val:])):
+            folder = Path(root) / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in part:
+                gray = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
+                img = Image.fromarray(gray, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
+                with atomic_path(folder / f"{i:04d}.png", "an image") as tmp:
+                    img.save(tmp, format="PNG")
+                counts[split] += 1
+    return counts
