@@ -17,6 +17,7 @@ from typing import Optional
 import pytest
 import torch
 
+from repzoo.reparam import relative_difference
 from repzoo.demo import randomize_bn  # noqa: F401  (the tests' one way to give BNs trained-like statistics)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -110,9 +111,7 @@ def signature_names() -> list:
 # --------------------------------------------------------------------------- helpers
 
 
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖ / ‖b‖."""
-    return ((a - b).norm() / b.norm()).item()
+rel_diff = relative_difference  # ‖a − b‖ / ‖b‖, the package's one definition
 
 
 def run_example(code: str, filename: str, namespace: Optional[dict] = None) -> dict:
