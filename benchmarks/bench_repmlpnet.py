@@ -22,19 +22,6 @@ import torch
 ALL = ["RepMLPNet-T224", "RepMLPNet-B224", "RepMLPNet-T256", "RepMLPNet-B256", "RepMLPNet-D256", "RepMLPNet-L256"]
 
 
-def images_per_second(model, x, min_time: float, warmup: int = 2) -> float:
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        n, start = 0, time.perf_counter()
-        while True:
-            model(x)
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time and n >= 3:
-                return n * x.shape[0] / elapsed
-
-
 def peak_allocated(build, convert) -> int:
     """The most bytes the CPU allocator held at once while ``convert(build())`` converted, beyond what it
     held when the conversion began (``repzoo.bench.peak_memory``)."""
@@ -56,7 +43,7 @@ def main() -> None:
     parser.add_argument("--speed-models", nargs="*", default=["RepMLPNet-T224", "RepMLPNet-B256"])
     parser.add_argument("--convert-models", nargs="*", default=ALL)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--min-time", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs of each form, interleaved (median)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -65,7 +52,6 @@ def main() -> None:
     from repzoo.demo import randomize_bn
 
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     results = {"device": str(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
                "torch": torch.__version__, "speed": {}, "conversion": {}}
 
@@ -78,10 +64,9 @@ def main() -> None:
         size = train.pretrained_cfg["input_size"][1]
         deploy = repzoo.reparameterize(build(name)).to(device)
         x = torch.randn(args.batch_size, 3, size, size, device=device)
-        speeds = {}
-        for label, model in (("train", train), ("deploy", deploy)):
-            speeds[label] = images_per_second(model, x, args.min_time)
-            sync()
+        from repzoo.bench import interleaved_images_per_second
+
+        speeds = dict(zip(("train", "deploy"), interleaved_images_per_second([train, deploy], x, args.repeats)))
         speeds["deploy_over_train"] = speeds["deploy"] / speeds["train"]
         results["speed"][name] = dict(speeds, image_size=size)
         print(f"{name} ({size}x{size}, batch {args.batch_size}): train {speeds['train']:.2f} img/s, "

@@ -69,8 +69,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .factory import create_model
     from .registry import get_model_entry
     from .reparam import conversion_error
-    from .weights.checkpoint import read_state_dict, save_state_dict
+    from .weights.checkpoint import output_format, read_state_dict, save_state_dict
 
+    output_format(args.output)  # before any work: an extension repzoo writes
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         raise RepZooError(f"The output folder {out_dir} does not exist: create it first, or write elsewhere.")

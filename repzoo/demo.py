@@ -3,16 +3,15 @@ model, also show the RepOptimizers paper's claim on the released scales (GR = CS
 from __future__ import annotations
 
 import copy
-import time
 from typing import Optional
 
 import torch
 from torch import nn
 
 from .factory import create_model
-from .reparam import conversion_error, reparameterize
+from .reparam import conversion_error, relative_difference, reparameterize
 
-__all__ = ["run_demo", "run_repopt_demo", "randomize_bn", "images_per_second"]
+__all__ = ["run_demo", "run_repopt_demo", "randomize_bn"]
 
 
 @torch.no_grad()
@@ -33,19 +32,6 @@ def randomize_bn(model: nn.Module, generator: Optional[torch.Generator] = None) 
                 m.weight.copy_(draw(m.weight, 0.5, 1.5))
                 m.bias.copy_(draw(m.bias, -0.5, 0.5))
     return model
-
-
-@torch.no_grad()
-def images_per_second(model: nn.Module, x: torch.Tensor, warmup: int = 2, min_time: float = 1.0) -> float:
-    for _ in range(warmup):
-        model(x)
-    n, start = 0, time.perf_counter()
-    while True:
-        model(x)
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time and n >= 3:
-            return n * x.shape[0] / elapsed
 
 
 def run_demo(name: str = "RepVGG-A0", batch_size: int = 8, image_size: Optional[int] = None) -> dict:
@@ -71,7 +57,9 @@ def _conversion_demo(name: str, batch_size: int, image_size: Optional[int]) -> d
     rel = conversion_error(train, torch.randn(2, train.in_chans, size, size))
     params = [sum(p.numel() for p in m.parameters()) for m in (train, deploy)]
     x = torch.randn(batch_size, train.in_chans, size, size)
-    speed = [images_per_second(m, x) for m in (train, deploy)]
+    from .bench import interleaved_images_per_second
+
+    speed = interleaved_images_per_second([train, deploy], x)
 
     print(f"{name}: {size}x{size} input, batch {batch_size}, {torch.get_num_threads()} CPU threads")
     print(f"  float64 check   ‖Δ‖ / ‖y‖ = {rel:.2e}  ({'equal' if rel < 1e-10 else 'DIFFERENT'})")
@@ -120,9 +108,9 @@ def run_repopt_demo(name: str = "RepOpt-VGG-B1", steps: int = 3, image_size: int
             optimizer.step()
         with torch.no_grad():
             # the gap between the two trajectories, relative to how far the CSLA kernels moved
-            worst = max(_rel(target.get_parameter(k), owner[k].linear_kernel()) /
-                        _rel(owner[k].linear_kernel(), start[k]) for k in kernels)
-            moved = sum(_rel(target.get_parameter(k), start[k]) for k in kernels) / len(kernels)
+            worst = max(relative_difference(target.get_parameter(k), owner[k].linear_kernel()) /
+                        relative_difference(owner[k].linear_kernel(), start[k]) for k in kernels)
+            moved = sum(relative_difference(target.get_parameter(k), start[k]) for k in kernels) / len(kernels)
         print(f"  step {step}: kernels moved {moved:.1e} (mean ‖K − K₀‖ / ‖K₀‖); the trajectories differ by at most "
               f"{worst:.1e} of that move over {len(kernels)} kernels")
     verdict = "the same trajectory" if worst < 1e-8 else "DIFFERENT"
@@ -138,5 +126,3 @@ def _kernel_owner(csla: nn.Module, block: str) -> nn.Module:
     return module if hasattr(module, "linear_kernel") else csla.get_submodule(block.rsplit(".", 1)[0])
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()

@@ -17,6 +17,7 @@ from typing import Optional
 import pytest
 import torch
 
+from repzoo.reparam import relative_difference
 from repzoo.demo import randomize_bn  # noqa: F401  (the tests' one way to give BNs trained-like statistics)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ SIGNATURES_ARCHIVE = DATA / "signatures.tar.xz"
 SIGNATURES_SHA256 = DATA / "signatures.sha256"
 SCALES_DIR = DATA / "repopt_scales"
 
-#: The released scale files and their sha256 (DingXiaoH/RepOptimizers @ 2e45ff5, MIT; SOURCES.md).
+#: The released scale files and their sha256 (DingXiaoH/RepOptimizers @ 2e45ff5, the repository root's *.pth; MIT).
 SCALES_SHA256 = {
     "RepOpt-VGG-B1-scales.pth": "9b35d848b636fb17b3775f48054806b19b92d8ff113ad368d3ebfc762d10dc36",
     "RepOpt-VGG-B2-scales.pth": "cee5003829df36e683f35064d7957a044326418a07ff53754bee7db499d1b0a0",
@@ -133,9 +134,7 @@ def signature_names() -> list:
 # --------------------------------------------------------------------------- helpers
 
 
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖ / ‖b‖."""
-    return ((a - b).norm() / b.norm()).item()
+rel_diff = relative_difference  # ‖a − b‖ / ‖b‖, the package's one definition
 
 
 def run_example(code: str, filename: str, namespace: Optional[dict] = None) -> dict:

@@ -17,7 +17,7 @@ from conftest import randomize_bn, rel_diff
 
 timm = pytest.importorskip("timm")
 
-#: every RepVGG that timm 1.0.31 ships (weights_sources.md): timm name -> repzoo name
+#: every RepVGG that timm 1.0.31 ships (timm/models/byobnet.py, huggingface/pytorch-image-models v1.0.31): timm name -> repzoo name
 TIMM_REPVGG = {f"repvgg_{v.lower()}": f"RepVGG-{v}" for v in "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()}
 
 #: numerics on a representative subset: plain A, grouped convs (b1g4), SE (d2se). Float64 convs of

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repzoo.reparam import relative_difference
 from repzoo.optim import RepOptimizerSGD, create_repoptimizer, get_handler
 
 from conftest import B1_SCALES, GHOST_SCALES
@@ -23,8 +24,7 @@ B1, GHOST = B1_SCALES, GHOST_SCALES
 N = 8  # channels per block after slicing
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
+_rel = relative_difference
 
 
 # --------------------------------------------------------------------------------- VGG

@@ -1,6 +1,6 @@
 """repzoo.hub: mirror, cache, HTTPS, Google Drive and Hub fetching — all against a server on 127.0.0.1.
 
-Expected hashes come from hashlib in the test (or, for the real scale files, from SOURCES.md), never
+Expected hashes come from hashlib in the test (or, for the real scale files, the sha256 in conftest.SCALES_SHA256), never
 from repzoo. The back-off sleep is replaced by a recorder, so no test waits on real time.
 """
 from __future__ import annotations

@@ -50,3 +50,13 @@ def test_torch_hub_load_features_only_and_pretrained(tmp_path, monkeypatch):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert ((model(x) - ref(x)).norm() / ref(x).norm()) < 1e-5
+
+
+def test_every_hub_entry_carries_its_builders_docstring():
+    """What torch.hub.help shows is the model's own description, not only the shared template."""
+    hub = _hubconf()
+    for name in repzoo.list_models():
+        entry = repzoo.get_model_entry(name)
+        summary = (entry.builder.__doc__ or "").strip().splitlines()
+        assert summary, f"{name}'s builder has no docstring"
+        assert summary[0] in getattr(hub, entry.alias).__doc__, name

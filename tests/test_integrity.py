@@ -493,6 +493,21 @@ def test_aliased_expanded_and_grad_tensors_load_independent_and_dense(a0_state):
     assert not model.stage0.rbr_dense.bn.running_mean.requires_grad
 
 
+@pytest.mark.parametrize("make, kind", [(lambda t: t.to_sparse(), "sparse tensor"),
+                                        (lambda t: t.to_sparse_csr(), "sparse tensor")])
+def test_the_unpickler_itself_refuses_sparse_tensors(make, kind):
+    """At the unpickler's own level: a later dense-only check must not be what catches them."""
+    import io
+
+    from repzoo.weights import safe_pickle
+
+    buf = io.BytesIO()
+    torch.save({"w": make(torch.ones(2, 3))}, buf, _use_new_zipfile_serialization=False)
+    buf.seek(0)
+    with pytest.raises(safe_pickle.Unsupported, match=kind):
+        torch.load(buf, pickle_module=safe_pickle, weights_only=False)
+
+
 def test_a_sparse_tensor_is_refused_clearly(tmp_path, a0_state):
     sd = dict(a0_state)
     sd["linear.weight"] = sd["linear.weight"].to_sparse()

@@ -15,7 +15,6 @@ from repzoo.weights.manifest import Manifest, load_manifest
 
 from conftest import REPO_ROOT, SCALES_DIR, SCALES_MODEL, SCALES_SHA256
 
-ROOT_MANIFEST = REPO_ROOT / "weights_manifest.json"
 PACKAGED = REPO_ROOT / "repzoo" / "weights" / "weights_manifest.json"
 SCHEMA = REPO_ROOT / "docs" / "weights_manifest.schema.json"
 
@@ -42,7 +41,7 @@ TIMM_REPVGG = "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()
 
 @pytest.fixture(scope="module")
 def data():
-    return json.loads(ROOT_MANIFEST.read_text(encoding="utf-8"))
+    return json.loads(PACKAGED.read_text(encoding="utf-8"))
 
 
 def test_manifest_validates_against_schema(data):
@@ -64,8 +63,15 @@ def test_schema_rejects_bad_entries(data):
         assert not validator.is_valid(bad), (path, value)
 
 
-def test_root_manifest_equals_packaged_copy():
-    assert ROOT_MANIFEST.read_bytes() == PACKAGED.read_bytes()
+def test_the_manifest_exists_once():
+    """One file, in the package (it ships in the wheel): no copy elsewhere that could be edited instead."""
+    from repzoo.weights.manifest import MANIFEST_PATH
+
+    assert MANIFEST_PATH.resolve() == PACKAGED.resolve()
+    skip = {".git", "site", "build", "dist", ".venv", "node_modules"}
+    copies = [p.relative_to(REPO_ROOT).as_posix() for top in REPO_ROOT.iterdir() if top.name not in skip
+              for p in ([top] if top.is_file() else top.rglob("*")) if p.name == "weights_manifest.json"]
+    assert copies == ["repzoo/weights/weights_manifest.json"]
 
 
 def test_every_release_is_described(data):

@@ -240,10 +240,10 @@ def test_features_only_and_torchscript_of_a_deploy_model():
 
 
 def test_demo_runs(monkeypatch, capsys):
-    import repzoo.demo
+    import repzoo.bench
     from repzoo.cli import main
 
-    monkeypatch.setattr(repzoo.demo, "images_per_second", lambda model, x: 1.0)  # the timing is not under test
+    monkeypatch.setattr(repzoo.bench, "interleaved_images_per_second", lambda models, x: [1.0] * len(models))  # the timing is not under test
     assert main(["demo", "OREPA-ResNet-18", "--image-size", "32", "--batch-size", "1"]) == 0
     out = capsys.readouterr().out
     assert "(equal)" in out and "37,756,041" in out and "11,684,712" in out

@@ -110,7 +110,7 @@ def test_orepa_release_over_http_in_both_forms(tmp_path, monkeypatch):
 
 
 def test_orepa_reported_results_in_model_info():
-    """The OREPA README's table (reference/orepa.md §6): top-1, training GPU memory and time per batch."""
+    """The OREPA README's table (JUGGHM/OREPA_CVPR2022 @ 3ed037b, README.md): top-1, training GPU memory and time per batch."""
     expected = {"OREPA-ResNet-18": (72.13, 5.2, 0.120), "DBB-ResNet-18": (71.77, 7.5, 0.241),
                 "ResNet-18": (71.21, 4.2, 0.086), "OREPA-ResNeXt-50": (77.66, 13.0, 0.343),
                 "OREPA-ResNet-18-2x": (75.61, 10.4, 0.229), "OREPA-RepVGG-A2": (76.72, 7.4, 0.210)}

@@ -63,7 +63,7 @@ def test_register_refuses_a_colliding_or_misnamed_entry():
 def test_model_info_reports_both_forms():
     info = repzoo.model_info("repvgg_b1g2")
     assert info["name"] == "RepVGG-B1g2" and info["family"] == "RepVGG"
-    assert info["params_train"] == 45_782_376 and info["params_deploy"] == 41_360_104  # reference §1.1
+    assert info["params_train"] == 45_782_376 and info["params_deploy"] == 41_360_104  # counted on the authors' create_RepVGG_B1g2 (DingXiaoH/RepVGG @ eae7c52, repvgg.py)
     assert info["input_size"] == (3, 224, 224)
     assert info["config"]["num_blocks"] == (4, 6, 16, 1)
     assert info["paper"].startswith("https://arxiv.org/")

@@ -1,7 +1,7 @@
 """RepOpt-VGG in every form: keys, sizes, Hyper-Search init, CSLA freezing and scales, deploy conversion.
 
-Expected values come from the reference study of DingXiaoH/RepVGG and RepOptimizers (§1.3 parameter counts,
-§2.4 init values and freezing), the signature files and the released scale files.
+Expected values: parameter counts and init values measured on the authors' RepOptVGG (DingXiaoH/RepOptimizers @ 2e45ff5, repoptimizer/repoptvgg_model.py,
+LinearAddBlock / ScaleLayer in scale_layer.py), the signature files and the released scale files.
 """
 import math
 
@@ -75,7 +75,8 @@ def b1_csla():
 def test_hs_initial_scales():
     model = repzoo.create_model("RepOpt-VGG-B1-hs")
     sd = model.state_dict()
-    # §2.4 (measured in the reference): stage1.1 1.4142, stage1.3 0.8165, stage3.15 0.3651
+    # conv_scale_init is 1.0 for block 0 of a stage, sqrt(2/i) for block i >= 1 (DingXiaoH/RepOptimizers @ 2e45ff5, repoptimizer/repoptvgg_model.py):
+    # stage1.1 1.4142, stage1.3 0.8165, stage3.15 0.3651
     for blk, value in [("stage1.1", 1.4142), ("stage1.3", 0.8165), ("stage3.15", 0.3651)]:
         for which in ("scale_conv", "scale_1x1"):
             t = sd[f"{blk}.{which}.weight"]
@@ -99,7 +100,7 @@ def test_hs_init_survives_a_meta_build():
 
 def _check_csla_freezing(model):
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-    # §2.4: scale_conv and scale_1x1 of every block frozen; scale_identity (and all else) trainable
+    # In 'csla' mode scale_conv and scale_1x1 have requires_grad=False, scale_identity stays trainable (DingXiaoH/RepOptimizers @ 2e45ff5, repoptimizer/repoptvgg_model.py)
     assert sorted(frozen) == sorted(f"{b}.{w}.weight" for b in _B1_BLOCKS for w in ("scale_conv", "scale_1x1"))
     assert sum(n.endswith("scale_identity.weight") for n, p in model.named_parameters() if p.requires_grad) == 23
 

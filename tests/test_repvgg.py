@@ -8,7 +8,8 @@ from repzoo.layers.se import SEBlock
 
 from conftest import randomize_bn, rel_diff, signature
 
-# Reference §1.1 / §1.2: trainable parameters of the train-time and deploy forms (1000 classes).
+# Trainable parameters of the train-time and deploy forms (1000 classes), counted on the authors' builders
+# (DingXiaoH/RepVGG @ eae7c52, repvgg.py and repvggplus.py; the deploy form after their switch_to_deploy).
 PARAMS = {
     "RepVGG-A0": (9_108_968, 8_309_384),
     "RepVGG-A1": (14_092_264, 12_789_864),

@@ -12,7 +12,7 @@ from .orepa import (average_kernel, average_pattern, chain_kernels, compose_1x1_
                     compose_1x1_kxk_kernel, dw_pw_kernel, orepa_prior, pattern_kernel, scaled_sum)
 from .state import BN_EPS, bn_args, conv_state, fused_bn, fused_conv_bn  # noqa: E402
 from .tree import (conv_bn_pairs, conversion_error, convert_state_dict, is_deploy, model_signature,  # noqa: E402
-                   reparam_blocks, reparameterize)
+                   relative_difference, reparam_blocks, reparameterize)
 
 __all__ = [
     "CONVERSION_VERSION",
@@ -24,6 +24,7 @@ __all__ = [
     "reparam_blocks",
     "conv_bn_pairs",
     "conversion_error",
+    "relative_difference",
     "BN_EPS",
     "bn_args",
     "fused_conv_bn",

@@ -23,7 +23,7 @@ from ..errors import IncompatibleCheckpointError
 from .block import ReparamBlock, Signature
 from .state import BN_EPS, conv_state, fused_conv_bn
 
-__all__ = ["reparam_blocks", "conv_bn_pairs", "reparameterize", "convert_state_dict", "model_signature",
+__all__ = ["relative_difference", "reparam_blocks", "conv_bn_pairs", "reparameterize", "convert_state_dict", "model_signature",
            "conversion_error", "is_deploy"]
 
 StateDict = Dict[str, torch.Tensor]
@@ -182,4 +182,9 @@ def conversion_error(model: nn.Module, x: torch.Tensor) -> float:
     x = x.double()
     ref = train(x)
     out = reparameterize(train)(x)
-    return ((out - ref).norm() / ref.norm()).item()
+    return relative_difference(out, ref)
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖: the one relative difference (conversions, demos and tests measure with it)."""
+    return ((a - b).norm() / b.norm()).item()

@@ -12,6 +12,7 @@ without building the train-time model.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -22,20 +23,20 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, IncompatibleCheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointError, IncompatibleCheckpointError, RepZooError, UnsafeCheckpointError
 from ..reparam import convert_state_dict, is_deploy, model_signature
 from . import safe_pickle
 from .files import atomic_path
 
 __all__ = ["read_state_dict", "unwrap_state_dict", "load_checkpoint", "save_state_dict", "validate_file", "misfit",
-           "checkpoint_form", "state_bytes"]
+           "checkpoint_form", "state_bytes", "output_format", "FORMATS"]
 
 _log = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
 PathOrStateDict = Union[str, os.PathLike, Mapping[str, object]]
 
-_MAIN_WRAPPERS = ("model", "state_dict")
+_MAIN_WRAPPERS = ("model", "state_dict", "net", "module", "network")  # DataParallel-style saves: "module"
 _EMA_WRAPPERS = ("model_ema", "state_dict_ema", "ema")
 _PREFIXES = ("module._orig_mod.", "_orig_mod.module.", "module.", "_orig_mod.")
 _BUDGET_SLACK = 64 << 20   # what a file may allocate beyond its own size and the model's
@@ -48,6 +49,32 @@ def _is_safetensors(path: str) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def _refuse_duplicate_keys(path: str) -> None:
+    """A safetensors header that names a tensor twice has two meanings: refuse it (safetensors keeps one)."""
+    import json
+
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size > 100 << 20:  # safetensors' own limit on a header
+            raise CheckpointError(f"Checkpoint {path!r} has a safetensors header of {size:,} bytes: it is damaged.")
+        header = f.read(size)
+    twice: list = []
+
+    def pairs(items):  # called for each JSON object: a key twice in one object is two meanings
+        counts = collections.Counter(key for key, _ in items)
+        twice.extend(key for key, n in counts.items() if n > 1)
+        return dict(items)
+
+    try:
+        json.loads(header, object_pairs_hook=pairs)
+    except ValueError as err:
+        raise CheckpointError(f"Checkpoint {path!r} has an unreadable safetensors header ({err}).") from None
+    if twice:
+        raise UnsafeCheckpointError(
+            f"Refused {path}: its safetensors header names {_fmt(set(twice), 3)} twice, so the file has two "
+            "meanings (each reader may take another). Re-save it from the state dict you trust.")
 
 
 def _zip_needs_copy(path: str, limit: int) -> bool:
@@ -83,6 +110,7 @@ def _read_file(path: str, max_bytes: Optional[int] = None) -> object:
         if _is_safetensors(path):
             from safetensors.torch import load_file
 
+            _refuse_duplicate_keys(path)
             return load_file(path)
         return _torch_load(path, limit)
     except safe_pickle.UnsafeGlobalCall as err:
@@ -98,6 +126,8 @@ def _read_file(path: str, max_bytes: Optional[int] = None) -> object:
         ) from None
     except safe_pickle.Unsupported as err:
         raise CheckpointError(f"Cannot load {path}: {err}. Re-save it with dense tensors (tensor.to_dense()).") from None
+    except (UnsafeCheckpointError, CheckpointError):
+        raise  # refused with its own reason
     except Exception as err:  # corrupt zip, truncated pickle, bad safetensors header, …
         raise CheckpointError(
             f"Could not read checkpoint {path!r} ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). "
@@ -152,6 +182,10 @@ def _strip_prefixes(tensors: StateDict) -> StateDict:
     return tensors
 
 
+def _holds_tensors(value: object) -> bool:
+    return isinstance(value, Mapping) and any(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def unwrap_state_dict(obj: Mapping[str, object], checkpoint_key: Optional[str] = None,
                       strict: bool = True) -> StateDict:
     """The tensors of a checkpoint: the wrapper ``checkpoint_key`` picks, else ``model`` / ``state_dict``,
@@ -159,7 +193,7 @@ def unwrap_state_dict(obj: Mapping[str, object], checkpoint_key: Optional[str] =
     non-tensor entries instead of refusing them."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"A checkpoint must hold a dict of tensors, not {type(obj).__name__}.")
-    nested = [k for k in _MAIN_WRAPPERS + _EMA_WRAPPERS if isinstance(obj.get(k), Mapping)]
+    nested = [k for k in _MAIN_WRAPPERS + _EMA_WRAPPERS if _holds_tensors(obj.get(k))]  # an empty one is no wrapper
     if checkpoint_key is not None:
         if not isinstance(obj.get(checkpoint_key), Mapping):
             raise CheckpointError(f"The checkpoint has no {checkpoint_key!r} entry; its entries: "
@@ -180,6 +214,12 @@ def unwrap_state_dict(obj: Mapping[str, object], checkpoint_key: Optional[str] =
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors or (strict and len(tensors) != len(obj)):
         other = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))[:5]
+        holders = sorted(k for k, v in obj.items() if _holds_tensors(v))
+        if holders and not tensors:
+            raise CheckpointError(
+                f"The checkpoint's tensors are under {', '.join(map(repr, holders))}, not a wrapper repzoo knows: "
+                f"pass checkpoint_key={holders[0]!r} (create_model(..., checkpoint_key=...), "
+                "read_state_dict(..., checkpoint_key=...), or --checkpoint-key on the command line).")
         raise CheckpointError(
             "The checkpoint holds no state dict of tensors"
             + (f" (non-tensor entries: {other})" if other else "")
@@ -205,8 +245,8 @@ def _independent(tensors: StateDict, limit: Optional[int]) -> StateDict:
                                   "It was saved from a model on the meta device; save the real model.")
         if t.layout != torch.strided:
             raise CheckpointError(f"{key!r} is a {t.layout} tensor; re-save the checkpoint with dense tensors.")
-        if t.requires_grad or t.grad_fn is not None:
-            t = t.detach()
+        if t.requires_grad or t.grad_fn is not None or type(t) is not torch.Tensor or t.__dict__:
+            t = t.detach()  # a plain tensor object: no parameter, no Python attributes from the file
         nbytes = t.numel() * t.element_size()
         if not t.is_contiguous():
             spent += nbytes
@@ -239,14 +279,29 @@ def read_state_dict(source: PathOrStateDict, *, checkpoint_key: Optional[str] = 
     return _independent(tensors, limit)
 
 
+#: What :func:`save_state_dict` writes, by the file name's extension.
+FORMATS = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch", ".bin": "torch", ".ckpt": "torch"}
+
+
+def output_format(path: Union[str, os.PathLike]) -> str:
+    """``"safetensors"`` or ``"torch"``, from the extension; a :class:`RepZooError` naming the formats otherwise."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in FORMATS:
+        raise RepZooError(
+            f"Cannot write weights to {os.fspath(path)!r}: {ext or 'no extension'} is not a format repzoo writes. "
+            "Name the file .safetensors (safetensors) or .pth / .pt / .bin / .ckpt (a torch.save file).")
+    return FORMATS[ext]
+
+
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.PathLike],
                     metadata: Optional[Dict[str, str]] = None) -> None:
     """Write a state dict as safetensors (``.safetensors``, with optional ``metadata``) or a plain
     ``torch.save`` file, atomically (:func:`repzoo.weights.files.atomic_path`)."""
+    output_format(path)
     sd = {k: v.detach().contiguous() for k, v in state_dict.items()}
     what = f"the weights {os.path.basename(os.fspath(path))}"
     with atomic_path(path, what) as tmp:
-        if os.fspath(path).endswith(".safetensors"):
+        if output_format(path) == "safetensors":
             from safetensors.torch import save_file
 
             try:
@@ -358,10 +413,30 @@ def load_checkpoint(model: nn.Module, source: PathOrStateDict, *, allow_head_res
         raise _incompatible(model, "deploy" if deploy_model else "train-time", own, sd, missing, unexpected,
                             shapes, head)
     sd = {k: v for k, v in sd.items() if k not in reset}
+    _refuse_lossy_casts(sd, model_sd)
     if assign:  # adopt the tensors, in the model's dtypes (a no-op when they match)
         sd = {k: v.to(model_sd[k].dtype) for k, v in sd.items()}
     model.load_state_dict(sd, strict=not reset, assign=assign)
     return model
+
+
+def _lossy(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether casting ``src`` values to ``dst`` loses more than rounding: the imaginary part, the fraction."""
+    if src.is_complex:
+        return not dst.is_complex
+    if src.is_floating_point:
+        return not (dst.is_floating_point or dst.is_complex)
+    return dst == torch.bool and src != torch.bool
+
+
+def _refuse_lossy_casts(sd: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor]) -> None:
+    bad = [k for k, v in sd.items() if k in model_sd and _lossy(v.dtype, model_sd[k].dtype)]
+    if bad:
+        k = bad[0]
+        raise IncompatibleCheckpointError(
+            f"The checkpoint's {_fmt(bad, 3)} cannot be held by the model without loss ({k}: {sd[k].dtype} in the "
+            f"file, {model_sd[k].dtype} in the model). Re-save the checkpoint with real floating-point weights "
+            "(and integer counters), e.g. {k: v.real.float() for k, v in state_dict.items()} where that is meant.")
 
 
 def _closer_to_train(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> bool:

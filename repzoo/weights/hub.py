@@ -36,6 +36,7 @@ import os
 import pathlib
 import re
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -100,11 +101,22 @@ def _show_progress(progress: Optional[bool]) -> bool:
 
 
 def _mirror() -> Tuple[Optional[pathlib.Path], Optional[str]]:
+    """``REPZOO_MIRROR`` as ``(folder, None)`` (a path or a ``file://`` URL) or ``(None, base URL)``."""
     value = os.environ.get("REPZOO_MIRROR", "").strip()
     if not value:
         return None, None
     if re.match(r"https?://", value, re.IGNORECASE):
         return None, value.rstrip("/")
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", value)
+    if scheme and scheme.group(1).lower() == "file":
+        parts = urllib.parse.urlsplit(value)
+        if parts.netloc not in ("", "localhost"):
+            raise RepZooError(f"REPZOO_MIRROR={value!r} names the host {parts.netloc!r}: a file:// mirror is a folder "
+                              "on this machine (file:///path/to/folder), or use an http(s):// base URL.")
+        return pathlib.Path(urllib.request.url2pathname(parts.path)), None
+    if scheme:
+        raise RepZooError(f"REPZOO_MIRROR={value!r}: {scheme.group(1)}:// is not supported. Set it to a folder "
+                          "(a path or file:///path) or to an http(s):// base URL that serves the files by name.")
     return pathlib.Path(value).expanduser(), None
 
 
@@ -135,18 +147,25 @@ class _Fetch:
     mismatch: bool = False
     tofu_mismatch: bool = False
 
-    def check(self, path: pathlib.Path, where: str, *, digest: Optional[str] = None) -> str:
-        """Verify ``path``; raise :class:`_Failed` (mismatch) or return its sha256 (recording first use)."""
+    def check(self, path: pathlib.Path, where: str, *, digest: Optional[str] = None,
+              published: Optional[str] = None) -> str:
+        """Verify ``path``; raise :class:`_Failed` (mismatch) or return its sha256 (recording first use).
+
+        ``published``: the sha256 the host publishes for the file (a Hugging Face LFS file's ETag), which
+        stands where the manifest has none.
+        """
         actual = path.stat().st_size
         if self.size is not None and actual != self.size:
             raise _Failed(f"has {actual} bytes, expected {self.size}", mismatch=True)
         got = digest or verified_sha256(path)
         rec = known(self.file_name)
-        if self.sha256 is not None:
-            if got != self.sha256:
-                raise _Failed(f"sha256 is {got}, expected {self.sha256} (the manifest's)", mismatch=True)
+        expected = self.sha256 or published
+        if expected is not None:
+            whose = "the manifest's" if self.sha256 else "the LFS sha256 the host publishes"
+            if got != expected:
+                raise _Failed(f"sha256 is {got}, expected {expected} ({whose})", mismatch=True)
             if rec is None or rec.sha256 != got:
-                remember_known(self.file_name, got, actual, where)
+                remember_known(self.file_name, got, actual, where if self.sha256 else f"{where} ({whose})")
             return got
         if rec is not None:
             if got != rec.sha256:
@@ -337,17 +356,37 @@ def _fetch_hf(src: Source, job: _Fetch, show: bool, offline: bool) -> pathlib.Pa
         if offline:
             raise _Failed("not in the Hugging Face cache (offline)")
         http.probe(_hf_endpoint())
-        try:
-            path = pathlib.Path(hf_hub_download(src.location, src.filename, **_hf_kwargs(src, show)))
-        except Exception as err:  # noqa: BLE001 - every Hub failure becomes one line of the final error
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise _Failed(f"{type(err).__name__}: {first}"[:300]) from None
+        for retry in range(http._RETRIES + 1):  # 429 and 5xx are retried as on the HTTPS path
+            try:
+                path = pathlib.Path(hf_hub_download(src.location, src.filename, **_hf_kwargs(src, show)))
+                break
+            except Exception as err:  # noqa: BLE001 - every Hub failure becomes one line of the final error
+                response = getattr(err, "response", None)
+                status = getattr(response, "status_code", None)
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                if status in http._RETRY_STATUS and retry < http._RETRIES:
+                    _log.info("%s: HTTP %s; retrying", src.describe(), status)
+                    http.backoff(_retry_after(response) or http.retry_delay(retry + 1))
+                    continue
+                tries = f" (gave up after {retry + 1} tries)" if status in http._RETRY_STATUS else ""
+                raise _Failed(f"{type(err).__name__}: {first}"[:300] + tries) from None
     try:
-        job.check(path, src.describe())
+        job.check(path, src.describe(), published=_lfs_sha256(path))
     except _Failed:
         drop_hf_copy(path)  # a wrong blob would fail every later fetch
         raise
     return path
+
+
+def _retry_after(response) -> Optional[float]:
+    value = str(getattr(response, "headers", {}).get("Retry-After", "") or "").strip()
+    return float(value) if value.replace(".", "", 1).isdigit() else None
+
+
+def _lfs_sha256(path: pathlib.Path) -> Optional[str]:
+    """The sha256 the Hub publishes for an LFS file: its ETag, which names the blob in huggingface_hub's cache."""
+    blob = pathlib.Path(os.path.realpath(path)).name
+    return blob if _SHA_RE.fullmatch(blob) else None
 
 
 def drop_hf_copy(path: pathlib.Path) -> None:

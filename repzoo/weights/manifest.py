@@ -36,7 +36,7 @@ __all__ = [
     "load_manifest",
 ]
 
-#: The packaged copy of the repository-root ``weights_manifest.json``.
+#: The weights manifest: the one copy, shipped in the package.
 MANIFEST_PATH = pathlib.Path(__file__).with_name("weights_manifest.json")
 
 

@@ -118,21 +118,35 @@ def _allowed() -> Dict[str, Any]:
                        ("_rebuild_device_tensor_from_cpu_tensor", "device tensor")):
         keep[f"torch._utils.{name}"] = _refuse(kind)
     keep["torch._tensor._rebuild_from_type_v2"] = _rebuild_from_type_v2
+    keep["torch._utils._rebuild_parameter_with_state"] = _rebuild_parameter_with_state
     del torch
     return keep
 
 
+def _drop_state(state: Any) -> None:
+    """A tensor's pickled Python state (instance attributes) is never set: note that it was dropped."""
+    if state and getattr(_state, "replaced", None) is not None:
+        _state.replaced.add("the Python attributes pickled on a tensor")
+
+
 def _rebuild_from_type_v2(func: Callable[..., Any], new_type: Any, args: tuple, state: Any):
-    """torch's ``_rebuild_from_type_v2`` for plain tensors and parameters only."""
+    """torch's ``_rebuild_from_type_v2`` for plain tensors and parameters only, without their pickled state."""
     import torch
-    from torch._utils import _set_obj_state
 
     ret = func(*args)
     if new_type not in (_TensorType, torch.Tensor, torch.nn.Parameter) and type(ret) is not new_type:
         raise Unsupported(f"the checkpoint holds a tensor of type {getattr(new_type, '__name__', new_type)}")
-    if state:
-        ret = _set_obj_state(ret, state)
+    _drop_state(state)
     return ret
+
+
+def _rebuild_parameter_with_state(data: Any, requires_grad: bool, backward_hooks: Any, state: Any):
+    """torch's ``_rebuild_parameter_with_state`` without the state (and without hooks, which torch never
+    pickles): nothing the pickle names reaches the returned parameter."""
+    import torch
+
+    _drop_state(state)
+    return torch.nn.Parameter(data, requires_grad)
 
 
 def _python3_name(module: str, name: str) -> str:
