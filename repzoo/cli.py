@@ -1,4 +1,4 @@
-"""The ``repzoo`` command: list, info, convert, export, bench, demo, download, cache, predict, validate, data."""
+"""The ``repzoo`` command: list, info, convert, export, bench, demo, download, cache, predict, validate, train, data."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ import json
 import sys
 from typing import List, Optional
 
-from .cli_support import (Parser, check_image_size, device, existing_file, existing_folder, fraction, non_negative_int,
-                          positive_int, run_command)
+from .cli_support import (Parser, check_image_size, device, existing_file, existing_folder, fraction,
+                          non_negative_float, non_negative_int, positive_float, positive_int, run_command)
 from .errors import RepZooError
 
 __all__ = ["main"]
@@ -304,6 +304,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    check_image_size(args.model, args.image_size)
+    overrides = dict(warmup_epochs=args.warmup_epochs, smoothing=args.smoothing, mixup=args.mixup, cutmix=args.cutmix,
+                     hflip=args.hflip, weight_decay=args.weight_decay, clip_grad=args.clip_grad, ema_decay=args.ema,
+                     scale=tuple(args.scale) if args.scale else None, auto_augment=args.auto_augment)
+    summary = train(args.model, args.data, args.output, recipe=args.recipe, epochs=args.epochs, lr=args.lr,
+                    batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
+                    pretrained=args.pretrained, checkpoint=args.checkpoint, scales=args.scales,
+                    resume=not args.no_resume, seed=args.seed, bf16=args.bf16, channels_last=args.channels_last,
+                    on_bad_image=args.on_bad_image, progress=not args.quiet, **overrides)
+    print(f"{summary['model']}: best val top-1 {summary['best_top1']:.2f}, final {summary['final_top1']:.2f}, "
+          f"deploy form {summary['deploy_top1']:.2f} ({summary['deploy']}, {summary['seconds']:.0f} s)")
+    if "scales" in summary:
+        print(f"scales: {summary['scales']}")
+    return 0
+
+
 def _cmd_data_digits(args: argparse.Namespace) -> int:
     from .train import write_digits_folder
 
@@ -425,6 +444,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("train", help="train a model on an image folder (train/, val/) with its authors' recipe")
+    p.add_argument("data", type=existing_folder, help="a folder with train/<class>/ and val/<class>/")
+    p.add_argument("--model", required=True)
+    p.add_argument("--output", required=True, help="checkpoints, metrics, the deploy weights (resumes from here)")
+    p.add_argument("--recipe", default=None, help="a recipe name (default: the model's family's)")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None, help="for the recipe's base batch (scaled linearly)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--image-size", type=positive_int, default=None)
+    p.add_argument("--workers", type=non_negative_int, default=2)
+    p.add_argument("--warmup-epochs", type=non_negative_float, default=None)
+    p.add_argument("--weight-decay", type=non_negative_float, default=None)
+    p.add_argument("--smoothing", type=non_negative_float, default=None)
+    p.add_argument("--mixup", type=non_negative_float, default=None)
+    p.add_argument("--cutmix", type=non_negative_float, default=None)
+    p.add_argument("--hflip", type=non_negative_float, default=None)
+    p.add_argument("--scale", type=fraction, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="RandomResizedCrop's area range")
+    p.add_argument("--auto-augment", default=None, help="timm's auto-augment string, e.g. rand-m9-mstd0.5")
+    p.add_argument("--clip-grad", type=non_negative_float, default=None)
+    p.add_argument("--ema", type=non_negative_float, default=None, help="EMA decay (0: off)")
+    p.add_argument("--pretrained", action="store_true", help="start from the released weights (a new head)")
+    p.add_argument("--checkpoint", type=existing_file, default=None, help="start from these weights")
+    p.add_argument("--scales", default=None, help="a RepOpt target's scale file (default: the released scales)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT/last.pth exists")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("data", help="write a real small image set as an image folder")
     data = p.add_subparsers(dest="data_command", required=True)

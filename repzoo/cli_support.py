@@ -21,7 +21,7 @@ from typing import Callable, List, Optional
 
 from .errors import RepZooError
 
-__all__ = ["Parser", "positive_int", "non_negative_int", "fraction", "device", "existing_file", "existing_folder",
+__all__ = ["Parser", "positive_int", "non_negative_int", "fraction", "positive_float", "non_negative_float", "device", "existing_file", "existing_folder",
            "check_image_size",
            "run_command", "EXIT_ERROR", "EXIT_BUG"]
 
@@ -67,13 +67,38 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
-@_checked(("0", "1.5", "-0.2", "half"))
-def fraction(text: str) -> float:
-    """A number in (0, 1] (a crop fraction)."""
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
+
+
+@_checked(("0", "-0.1", "nan", "fast"))
+def positive_float(text: str) -> float:
+    """A number above 0 (a learning rate)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return value
+
+
+@_checked(("-1", "inf", "none"))
+def non_negative_float(text: str) -> float:
+    """A number of at least 0 (a weight decay, a mixup alpha)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+@_checked(("0", "1.5", "-0.2", "half"))
+def fraction(text: str) -> float:
+    """A number in (0, 1] (a crop fraction)."""
+    value = _number(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1, not {value}")
     return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -91,6 +92,7 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
     ``lr`` (for a batch of the recipe's ``base_batch``; scaled linearly) and the other recipe fields in
     ``overrides`` replace the recipe's. Returns the summary also written to ``output/summary.json``.
     """
+    import numpy
     import torch
     from timm.data import Mixup, resolve_data_config
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -171,8 +173,12 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
         bar = tqdm(total=(rec.epochs - start_epoch) * steps, unit="step", desc=f"train {name}")
     skipped, t_start = 0, time.perf_counter()
     for epoch in range(start_epoch, rec.epochs):
-        train_loader.generator.manual_seed(seed + epoch)  # the epoch's order, the same after a resume
+        # the epoch's order and augmentations, the same after a resume (timm's crops draw from `random`; a
+        # loader worker seeds `random` and torch from the loader's generator)
+        train_loader.generator.manual_seed(seed + epoch)
         torch.manual_seed(seed * 1000 + epoch)
+        random.seed(seed * 1000 + epoch)
+        numpy.random.seed(seed * 1000 + epoch)
         net.train()
         loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
         for i, (x, y, ok) in enumerate(train_loader):

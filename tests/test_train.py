@@ -1,0 +1,135 @@
+"""``repzoo train`` on a real image set (scikit-learn's digits as an image folder): what a run writes, that a
+killed run resumes to the same result, the RepOpt pipeline (Hyper-Search → scale file → target with its
+RepOptimizer), the recipes' sources, and the refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import repzoo
+from repzoo import RepZooError
+from repzoo.cli import main
+from repzoo.train import RECIPES, get_recipe, train, validate, write_digits_folder
+from repzoo.train import loop as train_loop
+from repzoo.train.loop import decay_groups
+
+QUICK = dict(image_size=32, batch_size=16, workers=0, warmup_epochs=0, scale=(0.8, 1.0), hflip=0.0, smoothing=0.0,
+             progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    write_digits_folder(root)
+    return root
+
+
+@pytest.fixture
+def tiny(digits, tmp_path):
+    """8 train and 4 val images of each digit."""
+    out = tmp_path / "tiny"
+    for split, n in (("train", 8), ("val", 4)):
+        for d in sorted((digits / split).iterdir()):
+            (out / split / d.name).mkdir(parents=True)
+            for f in sorted(d.iterdir())[:n]:
+                shutil.copy(f, out / split / d.name / f.name)
+    return out
+
+
+def test_a_run_writes_checkpoints_metrics_and_a_validated_deploy_file(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(tiny), "--model", "RepVGG-A0", "--output", str(out), "--epochs", "2", "--lr", "0.2",
+                 "--batch-size", "16", "--image-size", "32", "--workers", "0", "--quiet", "--hflip", "0"]) == 0
+    assert "deploy form" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} >= {"last.pth", "best.pth", "metrics.csv", "metrics.json", "summary.json",
+                                               "deploy.safetensors"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # nothing half-written left behind
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [0, 1] and all(r["train_images_per_second"] > 0 for r in history)
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["deploy_top1"] == pytest.approx(summary["final_top1"])
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "recipe", "history"}
+    # the deploy file and the training save validate alike (the latter in both forms, 0 differing predictions)
+    deploy = validate("RepVGG-A0", tiny / "val", checkpoint=out / "deploy.safetensors", deploy=True, image_size=32,
+                      crop_pct=1.0, workers=0, progress=False)
+    both = validate("RepVGG-A0", tiny / "val", checkpoint=out / "last.pth", both_forms=True, image_size=32,
+                    crop_pct=1.0, workers=0, progress=False)
+    assert deploy.top1 == pytest.approx(summary["final_top1"]) == pytest.approx(both.top1)
+    assert both.differing_predictions == 0
+
+
+def test_a_killed_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
+    whole = train("RepVGG-A0", tiny, tmp_path / "whole", epochs=3, lr=0.2, **QUICK)
+    calls = {"n": 0}
+    evaluate = train_loop._evaluate
+
+    def killed_in_epoch_1(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after epoch 1's steps, before its checkpoint: the kill loses epoch 1
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    monkeypatch.setattr(train_loop, "_evaluate", killed_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **QUICK)
+    assert torch.load(tmp_path / "killed" / "last.pth", weights_only=True)["epoch"] == 0
+    monkeypatch.setattr(train_loop, "_evaluate", evaluate)
+    resumed = train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **QUICK)
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())["history"]
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in b] == [0, 1, 2]
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4) and rb["val_top1"] == ra["val_top1"]
+    assert resumed["final_top1"] == whole["final_top1"]
+
+
+def test_the_repopt_pipeline_search_then_target_with_its_scales(tiny, tmp_path):
+    hs = train("RepOpt-GhostNet-0.5x-hs", tiny, tmp_path / "hs", epochs=1, lr=0.6, **QUICK)
+    scales = repzoo.optim.load_scales(hs["scales"])
+    assert hs["scales"].endswith("RepOpt-GhostNet-0.5x-scales.pth") and len(scales) > 0
+    target = train("RepOpt-GhostNet-0.5x", tiny, tmp_path / "target", epochs=1, lr=0.6, scales=hs["scales"], **QUICK)
+    assert target["deploy_top1"] == pytest.approx(target["final_top1"])
+    with pytest.raises(RepZooError):  # the scales of another model
+        train("RepOpt-GhostNet-0.5x", tiny, tmp_path / "wrong", epochs=1, scales="RepOpt-VGG-B1", **QUICK)
+
+
+def test_bad_input_is_refused_before_anything_is_written(tiny, tmp_path):
+    shutil.rmtree(tiny / "val")
+    with pytest.raises(RepZooError, match="no val/ folder"):
+        train("RepVGG-A0", tiny, tmp_path / "out", epochs=1, **QUICK)
+    with pytest.raises(RepZooError, match="Unknown recipe 'fast'.*repvgg"):
+        train("RepVGG-A0", tiny, tmp_path / "out", recipe="fast", epochs=1, **QUICK)
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipes_cite_their_source_and_keep_the_authors_numbers():
+    """The numbers of the authors' recipes (DingXiaoH/RepVGG README and train.py; DingXiaoH/RepOptimizers
+    main_repopt.py; DingXiaoH/RepMLP main_repmlp.py / config.py; JUGGHM/OREPA_CVPR2022 train.py)."""
+    assert all(r.source for r in RECIPES.values())
+    assert (RECIPES["repvgg"].epochs, RECIPES["repvgg"].lr, RECIPES["repvgg"].weight_decay) == (120, 0.1, 1e-4)
+    assert (RECIPES["repopt-vgg"].weight_decay, RECIPES["repopt-vgg"].smoothing) == (4e-5, 0.1)
+    m = RECIPES["repmlpnet"]
+    assert (m.optimizer, m.lr, m.weight_decay, m.mixup, m.cutmix, m.clip_grad) == ("adamw", 1e-3, 0.1, 0.4, 1.0, 5.0)
+    assert (RECIPES["orepa"].epochs, RECIPES["orepa"].weight_decay) == (120, 1e-4)
+    assert get_recipe("repvgg", epochs=3, lr=None).epochs == 3
+
+
+def test_each_repositorys_decay_rule():
+    net = repzoo.create_model("RepVGG-A0", num_classes=4)
+    groups = decay_groups(net, RECIPES["repvgg"])
+    names = {id(p): n for n, p in net.named_parameters()}
+    quiet = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert "stage1.0.rbr_dense.bn.weight" in quiet and "linear.bias" in quiet
+    assert "stage1.1.rbr_identity.weight" not in quiet and "stage1.0.rbr_dense.conv.weight" not in quiet
+    orepa = repzoo.create_model("OREPA-ResNet-18", num_classes=4)
+    names = {id(p): n for n, p in orepa.named_parameters()}
+    groups = decay_groups(orepa, RECIPES["orepa"])
+    doubled = [names[id(p)] for g in groups if g.get("lr_scale") == 2.0 for p in g["params"]]
+    assert doubled and all("bias" in n for n in doubled)
+    assert all(("bn" in names[id(p)] or "prior" in names[id(p)] or "bias" in names[id(p)])
+               for g in groups if g["weight_decay"] == 0 for p in g["params"])
