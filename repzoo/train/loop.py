@@ -6,7 +6,7 @@ clips. A RepOpt target model trains with its RepOptimizer (released scales by de
 Hyper-Search (``-hs``) model writes its scale file. Every epoch writes ``last.pth`` (and ``best.pth``) in the
 authors' ``{'model', 'optimizer', ...}`` layout, and a row of ``metrics.csv`` / ``metrics.json``; a run resumes
 from ``last.pth`` at the start of the epoch it was killed in. At the end the deploy form is written as
-``deploy.safetensors`` and validated on ``val/`` in both forms.
+``deploy.safetensors`` (the best epoch's weights, converted) and validated on ``val/``.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _loaders(index, val_index, mapping, cfg, recipe: Recipe, batch_size, workers
     train_tf = create_transform(**common, is_training=True, scale=recipe.scale, hflip=recipe.hflip,
                                 color_jitter=recipe.color_jitter or None, auto_augment=recipe.auto_augment or None,
                                 re_prob=recipe.reprob, interpolation="bilinear")
-    val_tf = create_transform(**common, is_training=False, crop_pct=1.0, interpolation="bilinear")
+    val_tf = create_transform(**common, is_training=False, crop_pct=1.0, interpolation=cfg["interpolation"])
     train_set = ImageFolderDataset(index, train_tf, mapping, common["input_size"])
     val_set = ImageFolderDataset(val_index, val_tf, mapping, common["input_size"])
     g = torch.Generator().manual_seed(seed)
@@ -237,7 +237,10 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
                                    seconds=time.perf_counter() - t_start, skipped_images=skipped)
     if is_hs:
         summary["scales"] = str(save_scales(extract_scales(net), output / f"{name[:-3]}-scales.pth"))
-    deploy = reparameterize(copy.deepcopy(net).eval())
+    final = copy.deepcopy(net)
+    if (output / "best.pth").exists():  # the deploy form is the best epoch's, as timm's model_best
+        final.load_state_dict(torch.load(output / "best.pth", map_location="cpu", weights_only=True)["model"])
+    deploy = reparameterize(final.eval())
     save_state_dict(deploy.state_dict(), output / "deploy.safetensors", metadata={"model": name})
     summary["deploy"] = str(output / "deploy.safetensors")
     summary["deploy_top1"] = _evaluate(deploy, val_loader, autocast)

@@ -55,12 +55,12 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in [
     Recipe("repopt-vgg-hs", "DingXiaoH/RepOptimizers README, Hyper-Search on CIFAR-100: 240 epochs, lr 0.1, wd 4e-5, "
            "warmup 10, label smoothing 0.1, clip 5.0; RandomCrop(32, pad 4) + flip", epochs=240, weight_decay=4e-5,
            warmup_epochs=10, warmup_lr=1e-6, smoothing=0.1, clip_grad=5.0, scale=(0.6, 1.0)),
-    Recipe("repghost", "DingXiaoH/RepOptimizers main_repopt.py for GhostNets (timm loaders): 300 epochs, lr 0.6 per "
-           "1024, wd 1e-5, warmup 5 from 1e-4, label smoothing 0.1, color jitter 0.4, random erasing 0.2",
-           epochs=300, lr=0.6, base_batch=1024, weight_decay=1e-5, warmup_epochs=5, warmup_lr=1e-4, smoothing=0.1,
+    Recipe("repghost", "DingXiaoH/RepOptimizers main_repopt.py for GhostNets (timm loaders): 300 epochs, BASE_LR 0.6 "
+           "(scaled by batch/256, run at 128x8), wd 1e-5, warmup 5 from 1e-4, label smoothing 0.1, color jitter 0.4, "
+           "random erasing 0.2", epochs=300, lr=0.6, weight_decay=1e-5, warmup_epochs=5, warmup_lr=1e-4, smoothing=0.1,
            color_jitter=0.4, reprob=0.2),
     Recipe("repopt-ghostnet-hs", "DingXiaoH/RepOptimizers: the Ghost Hyper-Search, 600 epochs on CIFAR-100 with clip "
-           "5.0", epochs=600, lr=0.6, base_batch=1024, weight_decay=1e-5, warmup_epochs=5, warmup_lr=1e-4,
+           "5.0", epochs=600, lr=0.6, weight_decay=1e-5, warmup_epochs=5, warmup_lr=1e-4,
            smoothing=0.1, clip_grad=5.0, scale=(0.6, 1.0)),
     Recipe("orepa", "JUGGHM/OREPA_CVPR2022 train.py defaults: 120 epochs, global batch 256, SGD 0.9, lr 0.1, wd 1e-4 "
            "without decay on names with bias, bn or prior; RandomResizedCrop + flip", decay_rule="orepa"),
