@@ -253,3 +253,19 @@ def pytest_collection_modifyitems(config, items):
         params = getattr(getattr(item, "callspec", None), "params", {})
         if item.path.name in HEAVY_FILES or any(isinstance(v, str) and is_large(v) for v in params.values()):
             item.add_marker(pytest.mark.heavy)
+
+
+def run_shell_commands(page: str, expected: int) -> None:
+    """Run the ``repzoo ...`` lines of ``page``'s ```bash blocks (a path under the repository) as written, in the
+    current folder, each through ``repzoo.cli.main``; ``expected``: how many there are."""
+    import re
+    import shlex
+
+    from repzoo.cli import main
+
+    text = (REPO_ROOT / page).read_text(encoding="utf-8")
+    commands = [ln for block in re.findall(r"```bash\n(.*?)```", text, re.S) for ln in block.splitlines()
+                if ln.startswith("repzoo ")]
+    assert len(commands) == expected, commands
+    for command in commands:
+        assert main(shlex.split(command)[1:]) == 0, command

@@ -161,15 +161,10 @@ def test_the_guides_recipe_table_is_the_recipes():
 def test_the_guides_commands_reach_97_percent_on_digits(tmp_path, monkeypatch, capsys):
     """docs/guides/training.md run as written: RepVGG-A0 and the RepOpt pipeline (Hyper-Search, then the target
     with its RepOptimizer) each reach >= 97 % val top-1 on the digits; the deploy file validates alike."""
-    import re
-    import shlex
+    from conftest import run_shell_commands
 
-    commands = [ln for block in re.findall(r"```bash\n(.*?)```", _guide(), re.S) for ln in block.splitlines()
-                if ln.startswith("repzoo ")]
-    assert len(commands) == 5
     monkeypatch.chdir(tmp_path)
-    for command in commands:
-        assert main(shlex.split(command)[1:]) == 0, command
+    run_shell_commands(GUIDE, expected=5)
     out = capsys.readouterr().out
     a0 = json.loads((tmp_path / "runs/a0/summary.json").read_text())
     target = json.loads((tmp_path / "runs/target/summary.json").read_text())

@@ -155,17 +155,9 @@ def test_synset_folders_take_their_imagenet_index_and_a_class_map_its_lines(tmp_
 
 def test_the_guide_commands_run(tmp_path, monkeypatch, capsys):
     """docs/guides/validation.md's shell commands, run as written (in a fresh folder)."""
-    import re
-    import shlex
+    from conftest import run_shell_commands
 
-    from conftest import REPO_ROOT
-
-    guide = (REPO_ROOT / "docs" / "guides" / "validation.md").read_text(encoding="utf-8")
-    commands = [ln for block in re.findall(r"```bash\n(.*?)```", guide, re.S) for ln in block.splitlines()
-                if ln.startswith("repzoo ")]
-    assert len(commands) == 2
     monkeypatch.chdir(tmp_path)
-    for command in commands:
-        assert main(shlex.split(command)[1:]) == 0, command
+    run_shell_commands("docs/guides/validation.md", expected=2)
     out = capsys.readouterr().out
     assert "wrote 1438 train and 359 val images" in out and "0 of 359 predictions differ" in out
