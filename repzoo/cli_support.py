@@ -127,22 +127,24 @@ def device(text: str) -> str:
     return text
 
 
+def _existing(text: str, folder: bool, hint: str) -> str:
+    if not (os.path.isdir(text) if folder else os.path.isfile(text)):
+        other = os.path.isfile(text) if folder else os.path.isdir(text)
+        where = ("is a file, not a folder" if folder else "is a folder, not a file") if other else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text!r} {where}: {hint}")
+    return text
+
+
 @_checked(("/no/such/file.pth",))
 def existing_file(text: str) -> str:
     """A path to a file that exists."""
-    if not os.path.isfile(text):
-        where = "is a folder, not a file" if os.path.isdir(text) else "does not exist"
-        raise argparse.ArgumentTypeError(f"{text!r} {where}: pass the path of a checkpoint file")
-    return text
+    return _existing(text, False, "pass the path of a checkpoint file")
 
 
 @_checked(("/no/such/folder",))
 def existing_folder(text: str) -> str:
     """A path to a folder that exists."""
-    if not os.path.isdir(text):
-        where = "is a file, not a folder" if os.path.isfile(text) else "does not exist"
-        raise argparse.ArgumentTypeError(f"{text!r} {where}: pass the folder of class sub-folders")
-    return text
+    return _existing(text, True, "pass the folder of class sub-folders")
 
 
 def check_image_size(name: str, size: Optional[int]) -> None:
