@@ -1,11 +1,11 @@
-"""RepMLPNet against the reference study of DingXiaoH/RepMLP (§ numbers below are that study's).
+"""RepMLPNet against the authors' code, DingXiaoH/RepMLP at commit 3eff13fa0257af28663880d870f327d665f0a8e2
+(repmlpnet.py: the models and the conversion; test.py; convert.py).
 
-Expected values come from outside the code under test: the signature files (keys, order, shapes),
-the study's measured parameter counts (§1), a functional forward pass and locality injection
-written here from §3–§4 (the reference's reshapes, ``F.conv2d`` for the grouped FC, the ``kron``
-form of the conv → FC matrix), partitions cut out by hand (§5), the released file formats (§6)
-and mmpretrain's key names (§11).
-"""
+Expected values come from outside the code under test: the signature files (keys, order, shapes), the
+parameter counts measured on that code (below), a functional forward pass and locality injection written
+here from repmlpnet.py (its reshapes, ``F.conv2d`` for the grouped FC, the ``kron`` form of the conv → FC
+matrix), partitions cut out by hand, the released file formats and mmpretrain's key names (mmpretrain's
+RepMLPNet conversion). Section marks (§) below are the headings of the team's study of that code."""
 import copy
 import importlib.util
 
@@ -22,7 +22,8 @@ from repzoo.weights.adapters import adapt_state_dict, detect_key_style, key_styl
 
 from conftest import REPO_ROOT, meta_model, n_params, randomize_bn, rel_diff, signature
 
-#: §1: trainable parameters (train form, deploy form), and test.py's state-dict numel (BN buffers included)
+#: trainable parameters (train form, deploy form), and test.py's state-dict numel (BN buffers included), as the
+#: authors' repmlpnet.py builds them at 3eff13f
 PARAMS = {
     "RepMLPNet-T224": ((38_293_608, 38_331_720), (38_340_029, 38_375_933)),
     "RepMLPNet-B224": ((68_242_712, 68_332_664), (68_345_239, 68_431_237)),

@@ -10,7 +10,7 @@ import conftest
 def test_a_file_beside_the_repository_cannot_be_opened(tmp_path, monkeypatch):
     """Wherever this clone lives: a layout like a team's (a checkout with reference material beside it)."""
     work = tmp_path / "work"
-    repo, sibling = work / "main", work / "shared" / "reference.md"
+    repo, sibling = work / "main", work / "references" / "notes.md"
     monkeypatch.setattr(conftest, "_BESIDE", work.resolve())
     monkeypatch.setattr(conftest, "_READABLE", (repo.resolve(), Path(sys.prefix).resolve()))
     with pytest.raises(PermissionError, match="beside the repository"):
