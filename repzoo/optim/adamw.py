@@ -46,46 +46,30 @@ class RepOptimizerAdamW(RepOptimizer):
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            amsgrad = group["amsgrad"]
-            for (_, _, mapped, _), params in self._buckets(group).items():
-                states = [self.state[p] for p in params]
-                grads = [p.grad for p in params]
-                mults = [s["grad_mult"] for s in states] if mapped else None
-                if mapped:
-                    g = torch._foreach_mul(grads, mults)
-                    if group["maximize"]:
-                        torch._foreach_neg_(g)
-                else:
-                    g = torch._foreach_neg(grads) if group["maximize"] else grads
-                steps = [s["step"] for s in states]
-                torch._foreach_add_(steps, 1.0)
-                if wd != 0:
-                    torch._foreach_mul_(params, 1 - lr * wd)
-                exp_avgs = [s["exp_avg"] for s in states]
-                exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-                torch._foreach_mul_(exp_avgs, beta1)
-                torch._foreach_add_(exp_avgs, g, alpha=1 - beta1)
-                torch._foreach_mul_(exp_avg_sqs, beta2)
-                torch._foreach_addcmul_(exp_avg_sqs, g, g, value=1 - beta2)
-                if amsgrad:
-                    maxes = [s["max_exp_avg_sq"] for s in states]
-                    torch._foreach_maximum_(maxes, exp_avg_sqs)
-                    second = maxes
-                else:
-                    second = exp_avg_sqs
-                ts = [float(t) for t in steps]
-                step_sizes = [-lr / (1 - beta1 ** t) for t in ts]
-                denom = torch._foreach_sqrt(second)
-                torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** t) for t in ts])
-                torch._foreach_add_(denom, eps)
-                num = torch._foreach_mul(exp_avgs, mults) if mapped else exp_avgs
-                torch._foreach_addcdiv_(params, num, denom, step_sizes)
-        return loss
+    def _step_bucket(self, group, params, mapped, sharded, device):
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        states = [self.state[p] for p in params]
+        g, _ = self._directions(group, params, mapped)
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1.0)
+        if wd != 0:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, g, alpha=1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, g, g, value=1 - beta2)
+        if group["amsgrad"]:
+            maxes = [s["max_exp_avg_sq"] for s in states]
+            torch._foreach_maximum_(maxes, exp_avg_sqs)
+            second = maxes
+        else:
+            second = exp_avg_sqs
+        ts = [float(t) for t in steps]
+        step_sizes = [-lr / (1 - beta1 ** t) for t in ts]
+        denom = torch._foreach_sqrt(second)
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** t) for t in ts])
+        torch._foreach_add_(denom, eps)
+        num = torch._foreach_mul(exp_avgs, [s["grad_mult"] for s in states]) if mapped else exp_avgs
+        torch._foreach_addcdiv_(params, num, denom, step_sizes)

@@ -112,6 +112,36 @@ class RepOptimizer(Optimizer):
             if value.device != p.device or (value.dtype != p.dtype and value.is_floating_point()):
                 state[key] = value.to(device=p.device, dtype=p.dtype)
 
+    # -- the step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for (device, _, mapped, sharded), params in self._buckets(group).items():
+                self._step_bucket(group, params, mapped, sharded, device)
+        return loss
+
+    def _step_bucket(self, group: dict, params: List[torch.Tensor], mapped: bool, sharded: bool,
+                     device: torch.device) -> None:
+        """Update one bucket of ``group``: parameters of one device, dtype, multiplier presence and layout."""
+        raise NotImplementedError
+
+    def _directions(self, group: dict, params: List[torch.Tensor], mapped: bool) -> Tuple[List[torch.Tensor], bool]:
+        """The gradients times their multipliers, negated under ``maximize``, and whether the list is
+        fresh tensors (safe to update in place) rather than the ``p.grad`` themselves."""
+        grads = [p.grad for p in params]
+        if mapped:
+            d = torch._foreach_mul(grads, [self.state[p]["grad_mult"] for p in params])
+            if group["maximize"]:
+                torch._foreach_neg_(d)
+            return d, True
+        if group["maximize"]:
+            return torch._foreach_neg(grads), True
+        return grads, False
+
     def _buckets(self, group: dict) -> Dict[tuple, List[torch.Tensor]]:
         """The group's parameters that have a gradient, by (device, dtype, has-multiplier, is-DTensor)."""
         buckets: Dict[tuple, List[torch.Tensor]] = defaultdict(list)

@@ -80,7 +80,33 @@ class RepOptHandler:
             )
 
     def _match(self, params: Mapping[str, nn.Parameter], scales: Mapping[str, torch.Tensor]) -> List[ScaledKernel]:
+        """One :class:`ScaledKernel` per scale key ending in ``anchor[0]``; every scale must be used."""
+        scale_suffix, param_suffix = self.anchor
+        kernels, used, missing = [], [], []
+        for key in scales:
+            if not key.endswith(scale_suffix):
+                continue
+            prefix = key[: -len(scale_suffix)]
+            name = prefix + param_suffix
+            if name not in params:
+                missing.append(name)
+                continue
+            kernel, keys = self._kernel(prefix, name, params[name], scales)
+            kernels.append(kernel)
+            used += keys
+        self._missing(missing, self.model)
+        self._check_unused(scales, used)
+        return kernels
+
+    def _kernel(self, prefix: str, name: str, weight: nn.Parameter,
+                scales: Mapping[str, torch.Tensor]) -> Tuple[ScaledKernel, List[str]]:
+        """The kernel ``name`` of the block ``prefix`` with its scales, and the scale keys it used."""
         raise NotImplementedError
+
+    @staticmethod
+    def _require(scales: Mapping[str, torch.Tensor], key: str, have: str) -> None:
+        if key not in scales:
+            raise IncompatibleCheckpointError(f"the scales have {have} but not {key}: the scale file is incomplete.")
 
     @staticmethod
     def _scale(scales: Mapping[str, torch.Tensor], key: str, channels: int) -> torch.Tensor:
@@ -197,34 +223,19 @@ class RepOptVGGHandler(RepOptHandler):
         self.use_identity_scales_for_reinit = use_identity_scales_for_reinit
         super().__init__(model, scales, update_rule)
 
-    def _match(self, params, scales):
-        kernels, used, missing = [], [], []
-        for key in scales:
-            if not key.endswith(".scale_conv.weight"):
-                continue
-            blk = key[: -len(".scale_conv.weight")]
-            name = f"{blk}.conv.weight"
-            if name not in params:
-                missing.append(name)
-                continue
-            w = params[name]
-            if w.dim() != 4 or w.shape[-2:] != (3, 3):
-                raise IncompatibleCheckpointError(f"{name} has shape {tuple(w.shape)}; a RepOpt-VGG kernel is 3x3.")
-            c_out, c_in = w.shape[0], w.shape[1]
-            k1 = f"{blk}.scale_1x1.weight"
-            if k1 not in scales:
-                raise IncompatibleCheckpointError(f"the scales have {key} but not {k1}: the scale file is incomplete.")
-            kid = f"{blk}.scale_identity.weight"
-            s_id = None
-            if kid in scales:
-                if c_in != c_out:
-                    raise IncompatibleCheckpointError(f"{kid}: block {blk} has {c_in} -> {c_out} channels, no identity.")
-                s_id = self._scale(scales, kid, c_out)
-            kernels.append(ScaledKernel(name, w, self._scale(scales, key, c_out), self._scale(scales, k1, c_out), s_id))
-            used += [key, k1] + ([kid] if s_id is not None else [])
-        self._missing(missing, self.model)
-        self._check_unused(scales, used)
-        return kernels
+    def _kernel(self, blk, name, w, scales):
+        if w.dim() != 4 or w.shape[-2:] != (3, 3):
+            raise IncompatibleCheckpointError(f"{name} has shape {tuple(w.shape)}; a RepOpt-VGG kernel is 3x3.")
+        c_out, c_in = w.shape[0], w.shape[1]
+        key, k1, kid = (f"{blk}.scale_{branch}.weight" for branch in ("conv", "1x1", "identity"))
+        self._require(scales, k1, key)
+        s_id = None
+        if kid in scales:
+            if c_in != c_out:
+                raise IncompatibleCheckpointError(f"{kid}: block {blk} has {c_in} -> {c_out} channels, no identity.")
+            s_id = self._scale(scales, kid, c_out)
+        kernel = ScaledKernel(name, w, self._scale(scales, key, c_out), self._scale(scales, k1, c_out), s_id)
+        return kernel, [key, k1] + ([kid] if s_id is not None else [])
 
     def grad_mult(self, k, dtype=None, device=None):
         w = k.param
@@ -262,28 +273,13 @@ class RepOptGhostNetHandler(RepOptHandler):
     family = "RepOpt-GhostNet"
     anchor = (".cheap_operation.1.weight", ".cheap_operation.0.weight")
 
-    def _match(self, params, scales):
-        kernels, used, missing = [], [], []
-        for key in scales:
-            if not key.endswith(".cheap_operation.1.weight"):
-                continue
-            mod = key[: -len(".cheap_operation.1.weight")]
-            name = f"{mod}.cheap_operation.0.weight"
-            if name not in params:
-                missing.append(name)
-                continue
-            w = params[name]
-            c = w.shape[0]
-            if w.dim() != 4 or w.shape[1] != 1:
-                raise IncompatibleCheckpointError(f"{name} has shape {tuple(w.shape)}; a Ghost cheap operation is depthwise.")
-            kf = f"{mod}.fusion_scale.weight"
-            if kf not in scales:
-                raise IncompatibleCheckpointError(f"the scales have {key} but not {kf}: the scale file is incomplete.")
-            kernels.append(ScaledKernel(name, w, self._scale(scales, key, c), None, self._scale(scales, kf, c), groups=c))
-            used += [key, kf]
-        self._missing(missing, self.model)
-        self._check_unused(scales, used)
-        return kernels
+    def _kernel(self, mod, name, w, scales):
+        c = w.shape[0]
+        if w.dim() != 4 or w.shape[1] != 1:
+            raise IncompatibleCheckpointError(f"{name} has shape {tuple(w.shape)}; a Ghost cheap operation is depthwise.")
+        key, kf = f"{mod}.cheap_operation.1.weight", f"{mod}.fusion_scale.weight"
+        self._require(scales, kf, key)
+        return ScaledKernel(name, w, self._scale(scales, key, c), None, self._scale(scales, kf, c), groups=c), [key, kf]
 
     def grad_mult(self, k, dtype=None, device=None):
         w = k.param

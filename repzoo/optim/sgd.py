@@ -72,49 +72,32 @@ class RepOptimizerSGD(RepOptimizer):
         self.__dict__.pop("_started_ids", None)  # a loaded state decides anew
         super().__setstate__(state)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for (device, _, mapped, sharded), params in self._buckets(group).items():
-                if group["momentum"] == 0:
-                    self._step(group, params, mapped, sharded, device, first=False)
-                    continue
-                started = self._started()
-                first = [p for p in params if id(p) not in started]
-                later = [p for p in params if id(p) in started]
-                for part, is_first in ((first, True), (later, False)):
-                    if part:
-                        self._step(group, part, mapped, sharded, device, first=is_first)
-                        torch._foreach_add_([self.state[p]["step"] for p in part], 1.0)
-                        started.update(id(p) for p in part)
-        return loss
+    def _step_bucket(self, group, params, mapped, sharded, device):
+        if group["momentum"] == 0:
+            self._update(group, params, mapped, sharded, device, first=False)
+            return
+        started = self._started()
+        first = [p for p in params if id(p) not in started]
+        later = [p for p in params if id(p) in started]
+        for part, is_first in ((first, True), (later, False)):
+            if part:
+                self._update(group, part, mapped, sharded, device, first=is_first)
+                torch._foreach_add_([self.state[p]["step"] for p in part], 1.0)
+                started.update(id(p) for p in part)
 
-    def _step(self, group: dict, params: list, mapped: bool, sharded: bool, device: torch.device, first: bool) -> None:
-        """One update of ``params`` (one bucket: same device, dtype, multiplier presence, layout, first step or not)."""
+    def _update(self, group: dict, params: list, mapped: bool, sharded: bool, device: torch.device,
+                first: bool) -> None:
+        """One update of ``params`` (one bucket, split into parameters at their first momentum step or not)."""
         lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
         wd, nesterov = group["weight_decay"], group["nesterov"]
-        grads = [p.grad for p in params]
-        mults = [self.state[p]["grad_mult"] for p in params] if mapped else None
         bufs = [self.state[p]["momentum_buffer"] for p in params] if mu != 0 else None
         if mu != 0 and not sharded and _use_fused(group["fused"], device):
-            d = torch._foreach_mul(grads, mults) if mapped else grads
+            grads = [p.grad for p in params]
+            d = torch._foreach_mul(grads, [self.state[p]["grad_mult"] for p in params]) if mapped else grads
             torch._fused_sgd_(params, d, bufs, weight_decay=wd, momentum=mu, lr=lr, dampening=damp,
                               nesterov=nesterov, maximize=group["maximize"], is_first_step=first)
             return
-        # d is a fresh list of tensors when owned (safe to update in place), else aliases p.grad
-        if mapped:
-            d = torch._foreach_mul(grads, mults)
-            if group["maximize"]:
-                torch._foreach_neg_(d)
-            owned = True
-        elif group["maximize"]:
-            d, owned = torch._foreach_neg(grads), True
-        else:
-            d, owned = grads, False
+        d, owned = self._directions(group, params, mapped)
         if wd != 0:
             if owned:
                 torch._foreach_add_(d, params, alpha=wd)
