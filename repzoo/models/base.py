@@ -9,7 +9,7 @@ from ..errors import InvalidArgumentError
 from ..layers.pool import GlobalPool
 from ..reparam import is_deploy
 
-__all__ = ["RepClassifier", "VGGStyleClassifier", "Stage", "feature_indices"]
+__all__ = ["RepClassifier", "StagedClassifier", "VGGStyleClassifier", "Stage", "feature_indices"]
 
 
 class Stage(nn.Sequential):
@@ -206,7 +206,30 @@ def feature_indices(indices: Optional[Union[int, Sequence[int]]], n: int) -> Lis
     return out
 
 
-class VGGStyleClassifier(RepClassifier):
+class StagedClassifier(RepClassifier):
+    """A stem ``stage0``, four :class:`Stage` s ``stage1..4`` (stage ``s`` at stride ``2^(s+1)``), then
+    ``global_pool``, ``head_drop`` and ``linear``: the body of RepVGG, RepOpt-VGG and OREPA's networks."""
+
+    def _add_stages(self, stages: Sequence[Sequence[nn.Module]], widths: Sequence[int], num_classes: int,
+                    drop_rate: float) -> None:
+        """Add ``stage1..`` from their blocks and output widths (extending :attr:`feature_info`), then the head."""
+        for s, (blocks, width) in enumerate(zip(stages, widths), start=1):
+            self.add_module(f"stage{s}", Stage(*blocks))
+            self.feature_info.append(dict(num_chs=width, reduction=2 ** (s + 1), module=f"stage{s}"))
+        self.num_features = widths[-1]
+        self.global_pool = GlobalPool("avg")
+        self.head_drop = nn.Dropout(drop_rate)
+        self.linear = self._make_head(num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage0(x)
+        x = self.stage1(x)
+        x = self.stage2(x)
+        x = self.stage3(x)
+        return self.stage4(x)
+
+
+class VGGStyleClassifier(StagedClassifier):
     """The VGG-style body shared by RepVGG and RepOpt-VGG.
 
     ``stage0`` (one block, stride 2), ``stage1..4`` (:class:`Stage`, first block stride 2),
@@ -219,22 +242,11 @@ class VGGStyleClassifier(RepClassifier):
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.stage0 = make_block(in_chans, widths[0], 2, 0, 0)
         self.feature_info = [dict(num_chs=widths[0], reduction=2, module="stage0")]
-        in_ch, layer = widths[0], 1
-        for s, (n, out_ch) in enumerate(zip(num_blocks, widths[1:]), start=1):
+        stages, in_ch, layer = [], widths[0], 1
+        for n, out_ch in zip(num_blocks, widths[1:]):
             blocks = []
             for i in range(n):
                 blocks.append(make_block(in_ch, out_ch, 2 if i == 0 else 1, layer, i))
                 in_ch, layer = out_ch, layer + 1
-            self.add_module(f"stage{s}", Stage(*blocks))
-            self.feature_info.append(dict(num_chs=out_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
-        self.num_features = widths[-1]
-        self.global_pool = GlobalPool("avg")
-        self.head_drop = nn.Dropout(drop_rate)
-        self.linear = self._make_head(num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage0(x)
-        x = self.stage1(x)
-        x = self.stage2(x)
-        x = self.stage3(x)
-        return self.stage4(x)
+            stages.append(blocks)
+        self._add_stages(stages, widths[1:], num_classes, drop_rate)

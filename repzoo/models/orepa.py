@@ -26,9 +26,8 @@ from torch import nn
 from ..layers.conv_bn import ConvBnBlock
 from ..layers.dbb import DiverseBranchBlock
 from ..layers.orepa import OREPARepVGGBlock, orepa_layer
-from ..layers.pool import GlobalPool
 from ..registry import register_model
-from .base import RepClassifier, Stage, VGGStyleClassifier
+from .base import StagedClassifier, VGGStyleClassifier
 from .repvgg import VARIANTS as REPVGG_VARIANTS
 from .repvgg import stage_widths
 
@@ -123,7 +122,7 @@ class Bottleneck(nn.Module):
 
 # ----------------------------------------------------------------------------- models
 
-class OREPAResNet(RepClassifier):
+class OREPAResNet(StagedClassifier):
     """OREPA's ResNet / ResNeXt: ``stage0`` (``conv1``: 7x7 stride 2 conv-BN-ReLU, ``maxpool``),
     ``stage1..4`` (:class:`~repzoo.models.base.Stage` of blocks, strides 1, 2, 2, 2), ``global_pool``, ``linear``.
 
@@ -143,7 +142,7 @@ class OREPAResNet(RepClassifier):
             conv1=conv_bn(self.block_type, in_chans, stem, 7, 2, act=True, deploy=deploy),
             maxpool=nn.MaxPool2d(3, 2, 1)))
         self.feature_info = []
-        in_ch = stem
+        stages, widths, in_ch = [], [], stem
         for s, (n, planes) in enumerate(zip(layers, (64, 128, 256, 512)), start=1):
             planes = int(planes * width_multiplier)
             blocks = []
@@ -151,19 +150,9 @@ class OREPAResNet(RepClassifier):
                 stride = (1 if s == 1 else 2) if i == 0 else 1
                 blocks.append(block_cls(in_ch, planes, stride, self.block_type, groups, width_per_group, deploy=deploy))
                 in_ch = planes * block_cls.expansion
-            self.add_module(f"stage{s}", Stage(*blocks))
-            self.feature_info.append(dict(num_chs=in_ch, reduction=2 ** (s + 1), module=f"stage{s}"))
-        self.num_features = in_ch
-        self.global_pool = GlobalPool("avg")
-        self.head_drop = nn.Dropout(drop_rate)
-        self.linear = self._make_head(num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage0(x)
-        x = self.stage1(x)
-        x = self.stage2(x)
-        x = self.stage3(x)
-        return self.stage4(x)
+            stages.append(blocks)
+            widths.append(in_ch)
+        self._add_stages(stages, widths, num_classes, drop_rate)
 
     def _feature_steps(self) -> List[nn.Module]:
         return [nn.Sequential(self.stage0, self.stage1), self.stage2, self.stage3, self.stage4]
