@@ -1,4 +1,4 @@
-"""Reading and loading checkpoints: formats, wrappers, safety, and every bad input of DESIGN.md."""
+"""Reading and loading checkpoints: formats, wrappers, safety, and every bad input a user can hand them."""
 import os
 import pickle
 import warnings

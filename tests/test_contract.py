@@ -1,4 +1,4 @@
-"""The model contract (DESIGN.md): what timm users and the detection/segmentation necks rely on."""
+"""The model contract: what timm users and the detection/segmentation necks rely on."""
 import math
 
 import pytest

@@ -18,8 +18,9 @@ from conftest import REPO_ROOT, SCALES_DIR, SCALES_MODEL, SCALES_SHA256
 PACKAGED = REPO_ROOT / "repzoo" / "weights" / "weights_manifest.json"
 SCHEMA = REPO_ROOT / "docs" / "weights_manifest.schema.json"
 
-#: Every model the manifest must describe (weights_sources.md): RepVGG x15, RepOpt-VGG x4,
-#: the GhostNets, OREPA x9, RepMLPNet x6, and RepGhostNet at timm's 8 widths.
+#: Every model with released weights (the READMEs of DingXiaoH/RepVGG @ eae7c52, DingXiaoH/RepOptimizers @ 2e45ff5,
+#: JUGGHM/OREPA_CVPR2022 @ 3ed037b, DingXiaoH/RepMLP @ 3eff13f): RepVGG x15, RepOpt-VGG x4, the GhostNets,
+#: OREPA x9, RepMLPNet x6, and RepGhostNet at the 8 widths timm 1.0.31 re-hosts (timm/models/repghost.py).
 EXPECTED_MODELS = (
     [f"RepVGG-{v}" for v in ("A0 A1 A2 B0 B1 B1g2 B1g4 B2 B2g2 B2g4 B3 B3g2 B3g4 D2se".split())]
     + ["RepVGGplus-L2pse"]
@@ -32,10 +33,10 @@ EXPECTED_MODELS = (
 )
 
 
-#: SOURCES.md: the five released scale files and their sha256.
+#: The five released scale files and their sha256 (conftest.SCALES_SHA256, with their source).
 SCALES = {model: (file_name, SCALES_SHA256[file_name]) for model, file_name in SCALES_MODEL.items()}
 
-#: timm 1.0.31 re-hosts 11 of the 15 RepVGGs (weights_sources.md).
+#: timm 1.0.31 re-hosts 11 of the 15 RepVGGs (its timm/models/byobnet.py pretrained cfgs `repvgg_*.rvgg_in1k`).
 TIMM_REPVGG = "A0 A1 A2 B0 B1 B1g4 B2 B2g4 B3 B3g4 D2se".split()
 
 
@@ -73,7 +74,7 @@ def test_the_manifest_exists_once():
               for p in ([top] if top.is_file() else top.rglob("*"))
               if p.name == "weights_manifest.json" and not p.is_symlink()]
     assert copies == ["repzoo/weights/weights_manifest.json"]
-    root = REPO_ROOT / "weights_manifest.json"  # the root name DESIGN.md gives it points at the one file
+    root = REPO_ROOT / "weights_manifest.json"  # the name at the repository root points at the one file
     assert root.is_symlink() and root.resolve() == PACKAGED.resolve()
 
 
@@ -102,7 +103,7 @@ def test_scale_files_have_the_sources_md_hashes_and_real_sizes(data):
         assert rec.file_name == file_name
         assert rec.sha256 == sha
         assert rec.size == real.stat().st_size
-        assert hashlib.sha256(real.read_bytes()).hexdigest() == sha  # the shared data is what SOURCES.md says
+        assert hashlib.sha256(real.read_bytes()).hexdigest() == sha  # the packaged test data are the released bytes
         assert [(s.kind, s.location) for s in rec.sources] == [
             ("url", f"https://github.com/DingXiaoH/RepOptimizers/raw/main/{file_name}")]
 
@@ -127,7 +128,8 @@ def test_repvgg_official_file_first_then_timm_rehost():
 
 def test_top1_and_eval_configs_from_the_papers():
     m = load_manifest()
-    # repvgg_repopt.md §6 and weights_sources.md
+    # the top-1 the authors report: DingXiaoH/RepVGG @ eae7c52 README.md, DingXiaoH/RepOptimizers @ 2e45ff5
+    # README.md, JUGGHM/OREPA_CVPR2022 @ 3ed037b README.md, DingXiaoH/RepMLP @ 3eff13f README.md
     expected = {"RepVGG-A0": 72.41, "RepVGG-B1": 78.37, "RepVGG-B3": 80.52, "RepVGG-D2se": 83.55,
                 "RepVGGplus-L2pse": 84.06, "RepOpt-VGG-L2": 80.47, "RepGhostNet-0.5x": 66.51,
                 "RepOpt-GhostNet-0.5x": 66.50, "OREPA-ResNet-50": 77.31, "RepMLPNet-L256": 81.68}

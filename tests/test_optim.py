@@ -1,5 +1,7 @@
-"""RepOptimizers: scales I/O, the two rules (§5.2/§5.3), the update rules (§5.4), the
-weight-decay grouping (§5.6), resuming, dtype/device following, AMP, the real models."""
+"""RepOptimizers: scales I/O, the two rules (Initialization: DingXiaoH/RepOptimizers @ 2e45ff5
+``RepOptVGGHandler.reinitialize``; Iteration: its ``generate_grad_mults``), the
+update rules (``repoptimizer/repoptimizer_sgd.py`` / ``repoptimizer_adamw.py``), the weight-decay grouping
+(``optimizer.py``'s ``set_weight_decay``), resuming, dtype/device following, AMP, the real models."""
 from __future__ import annotations
 
 import math
@@ -156,7 +158,7 @@ def test_load_scales_errors(tmp_path):
         load_scales(rep)
 
 
-# ------------------------------------------------------------- the two rules, §5.2/§5.3
+# ------------------------------------------------------------- the two rules (Initialization, Iteration)
 @pytest.mark.parametrize("rule,p", [("sgd", 2), ("adamw", 1)])
 def test_vgg_grad_mults_equal_the_formula(rule, p):
     model, scales = TinyTarget(), tiny_scales()
@@ -280,7 +282,7 @@ def _one_param(seed=0, shape=(3, 2, 3, 3)):
                                 dict(weight_decay=0.0, maximize=True)])
 @pytest.mark.parametrize("fused", [False, True])
 def test_sgd_equals_torch_sgd_on_the_multiplied_gradient(kw, fused):
-    """§5.4: d = g⊙M, then decay, momentum, nesterov — torch's SGD fed g⊙M does exactly that."""
+    """RepOptimizerSGD (repoptimizer_sgd.py): d = g⊙M, then decay, momentum, nesterov — torch's SGD fed g⊙M does exactly that."""
     p0, grads, mult = _one_param()
     a, b = p0.clone().requires_grad_(), p0.clone().requires_grad_()
     ours = RepOptimizerSGD([a], lr=0.1, grad_mults={a: mult}, fused=fused, **kw)
@@ -295,7 +297,7 @@ def test_sgd_equals_torch_sgd_on_the_multiplied_gradient(kw, fused):
 
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_adamw_follows_the_reference_formula(amsgrad):
-    """§5.4 written out per step: M on the gradient before the moments and on m in the update."""
+    """RepOptimizerAdamW (repoptimizer_adamw.py) written out per step: M on the gradient before the moments and on m in the update."""
     p0, grads, mult = _one_param(1)
     lr, b1, b2, eps, wd = 0.01, 0.9, 0.99, 1e-8, 0.1
     a = p0.clone().requires_grad_()

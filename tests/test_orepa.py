@@ -1,5 +1,5 @@
-"""The OREPA family (29 models) against the reference (orepa.md): key signatures and order, parameter
-and buffer counts (§10), exact conversion, the released file format, and the model contract."""
+"""The OREPA family (29 models) against the authors' code (JUGGHM/OREPA_CVPR2022 @ 3ed037b): key signatures and order, parameter
+and buffer counts (measured on JUGGHM/OREPA_CVPR2022 @ 3ed037b's models, below), exact conversion, the released file format, and the model contract."""
 import math
 
 import pytest
@@ -15,7 +15,7 @@ VGGS = ["A0", "A1", "A2", "B1"]
 NAMES = ([f"{t}{a}" for a in RESNETS for t in ("OREPA-", "DBB-", "")]
          + [f"{t}-RepVGG-{v}" for v in VGGS for t in ("OREPA", "Plain")])
 
-#: §10: train params, deploy params, constant buffers (count, numbers) — 1000 classes, BN statistics excluded.
+#: measured on JUGGHM/OREPA_CVPR2022 @ 3ed037b (models/resnet.py, resnext.py, repvgg.py): train params, deploy params, constant buffers (count, numbers) — 1000 classes, BN statistics excluded.
 TABLE = {
     "ResNet-18": (11_689_512, 11_684_712, 0, 0),
     "DBB-ResNet-18": (26_288_296, 11_684_712, 0, 0),
@@ -69,7 +69,7 @@ def test_the_29_models_are_registered_in_one_family():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_signature_key_order_and_counts(name):
-    """Train, deploy and converted-in-place forms on the meta device, against the reference's files and §10."""
+    """Train, deploy and converted-in-place forms on the meta device, against the signature files and the counts above."""
     sig = signature(name)
     train, deploy = meta_model(name), meta_model(name, deploy=True)
     assert list(shapes(train).items()) == list(sig["signature_train"].items())  # keys, shapes and their order

@@ -1,4 +1,5 @@
-"""OREPA's and DBB's layers against the reference document (orepa.md §2–§4), branch by branch.
+"""OREPA's and DBB's layers against the authors' code (JUGGHM/OREPA_CVPR2022 @ 3ed037b ``blocks.py``,
+``basic.py``, ``dbb_transforms.py``), branch by branch.
 
 Every expected value here is computed the way the reference describes the layer — as the
 multi-branch network it stands for, one convolution per branch — never with repzoo's kernel
@@ -58,7 +59,7 @@ def crop(y: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def orepa_branches(t, xp, k, groups, prefix="weight_orepa_", one_by_one=True, rows=(0, 1, 2, 3, 4, 5)):
-    """The six branches of OREPA §2.3 on an already padded input, each a valid convolution, summed
+    """The six branches of ``blocks.py``'s ``OREPA`` on an already padded input, each a valid convolution, summed
     (no BN): origin, 1x1 → avg pool, 1x1 → prior, 1x1 → k×k, 1x1, dw (8 per channel) → pw."""
     v = t["vector"]
     r_origin, r_avg, r_prior, r_kxk, r_1x1, r_gconv = rows
@@ -73,7 +74,7 @@ def orepa_branches(t, xp, k, groups, prefix="weight_orepa_", one_by_one=True, ro
         y = y + per_channel(v[r_1x1], crop(F.conv2d(xp, t[prefix + "1x1"], groups=g), k // 2))
     pw = t[prefix + "gconv_pw"]
     per_out = pw.shape[0] // g
-    # output channel c·(out/g) + a reads pw row a·g + c (the reference's interleaved order, §2.3)
+    # output channel c·(out/g) + a reads pw row a·g + c (``OREPA``'s interleaved order in blocks.py)
     rows_ = [a * g + c for c in range(g) for a in range(per_out)]
     dw_out = F.conv2d(xp, t[prefix + "gconv_dw"], groups=c_in)
     return y + per_channel(v[r_gconv], F.conv2d(dw_out, pw[rows_], groups=g))
@@ -95,7 +96,7 @@ def explicit_orepa_1x1(layer: OREPA1x1, x: torch.Tensor) -> torch.Tensor:
 
 
 def explicit_large(layer: OREPALargeConv, x: torch.Tensor) -> torch.Tensor:
-    """§2.5: the stack of valid convolutions with W0, rot180(W1), …, each W_l the OREPA branches of
+    """``OREPA_LargeConv`` (blocks.py): the stack of valid convolutions with W0, rot180(W1), …, each W_l the OREPA branches of
     ``weight{l}``; a correlation with rot180(W) is flip ∘ (correlation with W) ∘ flip."""
     sd, g, k, s = layer.state_dict(), layer.groups, layer.kernel_size, layer.stride
     z = F.pad(x, [k // 2] * 4)
@@ -172,7 +173,7 @@ def test_the_unused_vector_row_changes_nothing(float64):
 # ----------------------------------------------------------------------------- the constants
 
 def test_constant_buffers_are_the_reference_constants_in_the_layer_dtype():
-    def prior_by_hand(out):  # §2.3, written out
+    def prior_by_hand(out):  # OREPA's prior branch (blocks.py), written out
         p = torch.zeros(out, 3, 3, dtype=torch.float64)
         for o in range(out):
             for h in range(3):
@@ -312,7 +313,7 @@ def test_layer_conversion_is_exact_and_idempotent(name, float64):
     assert deploy.deploy and len(deploy.state_dict()) == 2
     assert repzoo.convert_state_dict(deploy, train_sd).keys() == deploy.state_dict().keys()
     first = {k: v.clone() for k, v in deploy.state_dict().items()}
-    repzoo.reparameterize(deploy)  # the reference raises here for OREPA (§3); repzoo does nothing
+    repzoo.reparameterize(deploy)  # the authors' second switch_to_deploy() on an OREPA block raises; repzoo does nothing
     assert all(torch.equal(first[k], v) for k, v in deploy.state_dict().items())
     converted = repzoo.convert_state_dict(deploy, train_sd)  # a train state dict into the deploy layer
     assert all(torch.allclose(converted[k], v, rtol=0, atol=0) for k, v in deploy.state_dict().items())
@@ -326,7 +327,7 @@ def test_layer_conversion_is_exact_and_idempotent(name, float64):
 
 
 def test_dbb_deploy_is_float64_exact_where_a_float32_average_is_not(float64, monkeypatch):
-    """§3: the reference builds the 1/k² averaging kernel in float32, which leaves a float64 DBB ~1e-8
+    """dbb_transforms.py builds the 1/k² averaging kernel in float32, which leaves a float64 DBB ~1e-8
     off; repzoo builds it in the weights' dtype. The same conversion with a float32 constant misses."""
     import repzoo.layers.dbb as dbb
 

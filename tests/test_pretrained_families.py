@@ -67,7 +67,7 @@ def test_repmlpnet_mmpretrain_rehost_over_http(tmp_path, monkeypatch):
 
 
 def _to_mmpretrain(key: str) -> str:
-    """mmpretrain's name of an official RepMLPNet key (the renaming of the reference study, §11)."""
+    """mmpretrain's name of an official RepMLPNet key (open-mmlab/mmpretrain ``mmpretrain/models/backbones/repmlp.py``'s key names)."""
     for a, b in (("conv_embedding.conv.", "backbone.patch_embed.projection."),
                  ("conv_embedding.bn.", "backbone.patch_embed.norm."), ("head_norm.", "backbone.final_norm."),
                  ("head.", "head.fc."), ("embeds.", "backbone.downsample_layers.")):

@@ -1,4 +1,4 @@
-"""Names, lookup, listing and info — DESIGN.md 'Names' and the reference's variant tables."""
+"""Names, lookup, listing and info: repzoo's names and the authors' variant tables."""
 import pytest
 
 import repzoo

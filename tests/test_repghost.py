@@ -1,7 +1,7 @@
 """RepGhostNet / RepOpt-GhostNet: keys, sizes, hs init, csla scales, deploy conversion, timm adapter.
 
-Expected values come from the reference study of DingXiaoH/RepVGG and RepOptimizers (§1.4 channel table and
-parameter counts, §2.5 modes and scale init), the signature files, the released scale file
+Expected values come from DingXiaoH/RepOptimizers @ 2e45ff5 ``repoptimizer/repoptghostnet_model.py`` (the channel
+table ``cfgs``, parameter counts measured on it, the block modes and the cheap scale's init), the signature files, the released scale file
 and timm's own ``repghostnet_*`` models (an independent implementation).
 """
 import math
@@ -19,7 +19,7 @@ WIDTHS = ["0.5x", "0.58x", "0.8x", "1.0x", "1.11x", "1.3x", "1.5x", "2.0x"]
 TIMM = dict(zip(WIDTHS, ["050", "058", "080", "100", "111", "130", "150", "200"]))
 SCALE_SUFFIXES = ("fusion_scale.weight", "cheap_operation.1.weight")
 
-# §1.4, resolved 0.5x: (block, in, out, stride)
+# repoptghostnet_model.py's cfgs, resolved at 0.5x: (block, in, out, stride)
 TABLE_05X = [("0.0", 8, 8, 1), ("1.0", 8, 12, 2), ("2.0", 12, 12, 1), ("3.0", 12, 20, 2), ("4.0", 20, 20, 1),
              ("5.0", 20, 40, 2), ("6.0", 40, 40, 1), ("6.1", 40, 40, 1), ("6.2", 40, 40, 1), ("6.3", 40, 56, 1),
              ("6.4", 56, 56, 1), ("7.0", 56, 80, 2), ("8.0", 80, 80, 1), ("8.1", 80, 80, 1), ("8.2", 80, 80, 1),
@@ -70,7 +70,7 @@ def test_channels_follow_the_reference_table():
         b = model.blocks[s][i]
         assert (b.ghost1.in_chs, b.ghost2.out_chs, b.stride) == (c_in, c_out, stride), blk
     assert model.blocks[9][0].conv.weight.shape == (480, 80, 1, 1) and model.conv_head.weight.shape == (1280, 480, 1, 1)
-    assert model.blocks[3][0].se.conv_reduce.weight.shape == (8, 20, 1, 1)  # SE8 (§1.4)
+    assert model.blocks[3][0].se.conv_reduce.weight.shape == (8, 20, 1, 1)  # SE reduced to _make_divisible(20 · 0.25, 4) = 8 channels (repoptghostnet_model.py)
     assert model.blocks[6][4].se.conv_reduce.weight.shape == (44, 168, 1, 1)  # SE44
 
 
@@ -78,7 +78,7 @@ def test_channels_follow_the_reference_table():
 
 
 def test_hs_initial_scales():
-    """§2.5: cheap scale sqrt(2/(n+1)), n = 2b-1 (ghost1) / 2b (ghost2), b = run of same-width s1 blocks."""
+    """repoptghostnet_model.py: cheap scale sqrt(2/(n+1)), n = 2b-1 (ghost1) / 2b (ghost2), b = run of same-width s1 blocks."""
     sd = repzoo.create_model("RepOpt-GhostNet-0.5x-hs").state_dict()
     b = 0
     for blk, c_in, c_out, stride in TABLE_05X:

@@ -5,7 +5,7 @@ Expected values come from outside the code under test: the signature files (keys
 parameter counts measured on that code (below), a functional forward pass and locality injection written
 here from repmlpnet.py (its reshapes, ``F.conv2d`` for the grouped FC, the ``kron`` form of the conv → FC
 matrix), partitions cut out by hand, the released file formats and mmpretrain's key names (mmpretrain's
-RepMLPNet conversion). Section marks (§) below are the headings of the team's study of that code."""
+RepMLPNet conversion). Functions below name the part of repmlpnet.py they follow."""
 import copy
 import importlib.util
 
@@ -33,7 +33,7 @@ PARAMS = {
     "RepMLPNet-L256": ((117_641_560, 117_820_600), (117_779_073, 117_951_453)),
 }
 NAMES = list(PARAMS)
-#: §1: stage depths, partition sizes (h = w) and FC kernel sets
+#: repmlpnet.py's builders: stage depths, partition sizes (h = w) and FC kernel sets
 CONFIGS = {
     "RepMLPNet-T224": ((2, 2, 6, 2), (56, 28, 14, 7), (1, 4, 16, 128)),
     "RepMLPNet-B224": ((2, 2, 12, 2), (56, 28, 14, 7), (1, 4, 32, 128)),
@@ -50,7 +50,7 @@ def shapes(module):
     return [(k, list(v.shape)) for k, v in module.state_dict().items()]
 
 
-# ----------------------------------------------------------------------------- an independent forward (§3)
+# ----------------------------------------------------------------------------- an independent forward (RepMLPNet.forward)
 
 
 def _bn(sd, key, x, prefix):
@@ -59,7 +59,7 @@ def _bn(sd, key, x, prefix):
 
 
 def _tile_mlp(sd, key, p, u, sets, deploy):
-    """§3.2 steps 2–6 on one h×w partition, with the reference's reshapes and a grouped 1x1 conv for fc3."""
+    """RepMLPBlock.forward (partition, fc3, reassembly) on one h×w partition, with the reference's reshapes and a grouped 1x1 conv for fc3."""
     n, c, h, w = u.shape
     v = u.reshape(-1, c, 1, h, 1, w).permute(0, 2, 4, 1, 3, 5).reshape(-1, sets * h * w, 1, 1)
     bias = sd[key(p + "fc3.bias")] if deploy else None
@@ -88,7 +88,7 @@ def reference_block(sd, u, h, w, sets, deploy=False, p="", key=lambda k: k):
 
 
 def reference_forward(sd, name, x, deploy=False, key=lambda k: k):
-    """§3.1: RepMLPNet's logits from a state dict (``key`` maps the official names to the file's)."""
+    """RepMLPNet.forward: the logits from a state dict (``key`` maps the official names to the file's)."""
     depths, tiles, sets = CONFIGS[name]
 
     def conv_bn_relu(x, p, stride):
@@ -111,7 +111,7 @@ def reference_forward(sd, name, x, deploy=False, key=lambda k: k):
 
 
 def kron_conv_to_fc(kernel, h, w):
-    """§4 step 3, the derived form: ``W_conv[s] = Σ_{du,dv} K[s,0,du,dv] · kron(D_h(du−P), D_w(dv−P))``."""
+    """RepMLPBlock._convert_conv_to_fc, in a closed form derived here: ``W_conv[s] = Σ_{du,dv} K[s,0,du,dv] · kron(D_h(du−P), D_w(dv−P))``."""
     sets, k = kernel.shape[0], kernel.shape[-1]
     pad = k // 2
 
@@ -157,7 +157,7 @@ def test_every_variant_is_registered():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_signatures_and_parameter_counts(name):
-    """§1, §2: keys, order and shapes of both forms; the deploy form has more parameters (an FC bias per block)."""
+    """Keys, order and shapes (the signature files) of both forms; the deploy form has more parameters (an FC bias per block)."""
     sig = signature(name)
     train, deploy = meta_model(name), meta_model(name, deploy=True)
     with torch.device("meta"):
@@ -178,7 +178,7 @@ def test_model_info_and_evaluation_configs():
     assert info["family"] == "RepMLPNet" and info["paper"] == "https://arxiv.org/abs/2112.11081"
     assert (info["params_train"], info["params_deploy"]) == PARAMS["RepMLPNet-D256"][0]
     assert info["config"]["num_blocks"] == (2, 2, 18, 2) and info["hub_entry"] == "repmlpnet_d256"
-    for name in NAMES:  # §7: Resize(r) + CenterCrop(r), bilinear, at each variant's own resolution
+    for name in NAMES:  # test.py: Resize(r) + CenterCrop(r), bilinear, at each variant's own resolution
         cfg = meta_model(name).pretrained_cfg
         r = NATIVE[name]
         assert cfg["input_size"] == (3, r, r) and cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear"
@@ -197,7 +197,7 @@ def test_num_classes_is_the_interface():
 
 
 def test_forward_is_the_references_at_the_native_resolution(float64):
-    """§3 written out independently (grouped conv for fc3, the reference's reshapes): train and deploy forms,
+    """RepMLPNet.forward written out independently (grouped conv for fc3, the reference's reshapes): train and deploy forms,
     and the train checkpoint converted on load (T224's case of ``test_conversion_is_exact_in_float64``)."""
     name = "RepMLPNet-T224"
     model = random_model(name)
@@ -216,7 +216,7 @@ def test_forward_is_the_references_at_the_native_resolution(float64):
 
 
 def test_channel_c_uses_fc_kernel_set_c_mod_s(float64):
-    """§3.2 step 3: consecutive channels go to different kernel sets (not c // (C/S))."""
+    """RepMLPBlock.forward's grouped fc3: consecutive channels go to different kernel sets (not c // (C/S))."""
     block = RepMLPBlock(4, 4, 2, 2, None, 4, 2).eval()
     with torch.no_grad():
         block.fc3.weight.zero_()
@@ -228,7 +228,7 @@ def test_channel_c_uses_fc_kernel_set_c_mod_s(float64):
     assert torch.equal(out[:, 0::2], torch.zeros_like(x[:, 0::2]))
 
 
-# ----------------------------------------------------------------------------- locality injection (§4)
+# ----------------------------------------------------------------------------- locality injection (RepMLPBlock.local_inject)
 
 
 @pytest.mark.parametrize("sets, h, w, k", [(2, 4, 6, 3), (3, 5, 5, 5), (1, 2, 3, 5), (4, 1, 1, 3)])
@@ -244,7 +244,7 @@ def test_conv_to_fc_is_the_kron_formula_and_computes_the_conv(sets, h, w, k, flo
 
 
 def test_block_conversion_is_the_reference_formula(float64):
-    """§4 steps 1–4, written here: fuse each BN, 1x1 into the 3x3's centre, kron conv → FC, biases repeated hw times."""
+    """local_inject / get_equivalent_fc3, written here: fuse each BN, 1x1 into the 3x3's centre, kron conv → FC, biases repeated hw times."""
     block = random_block(c=6, h=4, w=5, sets=3)
     sd = {k: v.clone() for k, v in block.state_dict().items()}
     hw = 4 * 5
@@ -287,7 +287,7 @@ def test_conversion_is_exact_in_float64(name, float64):
 
 
 def test_reparameterize_is_idempotent_and_a_no_op_on_a_deploy_model(float64):
-    """§8.3: the reference's second call (or a call on a deploy model) raises; here it does nothing."""
+    """repmlpnet.py's locality_injection: its second call (or a call on a deploy model) raises; here it does nothing."""
     block = random_block()
     x = torch.randn(2, 8, 8, 6)
     with torch.no_grad():
@@ -305,7 +305,7 @@ def test_reparameterize_is_idempotent_and_a_no_op_on_a_deploy_model(float64):
 
 
 def test_a_users_model_with_repmlp_blocks_converts(float64):
-    """§10: RepMLPBlock is a public layer; repzoo.reparameterize finds it in any module tree."""
+    """RepMLPBlock is a public layer (the authors use it as a building block); repzoo.reparameterize finds it in any module tree."""
     class UserNet(nn.Module):
         def __init__(self):
             super().__init__()
@@ -328,7 +328,7 @@ def test_a_users_model_with_repmlp_blocks_converts(float64):
 
 @pytest.mark.parametrize("channels, h, sets", [(64, 56, 1), (512, 7, 128)])  # T224's first and last stages
 def test_conversion_in_bfloat16_and_float16_agrees_with_float64(channels, h, sets):
-    """§8.1: the reference's conversion fails outside the default dtype. Here it converts in float32 and
+    """repmlpnet.py's conversion fails outside the default dtype. Here it converts in float32 and
     rounds once: each converted bfloat16 value is the exact one to bfloat16 precision (half a unit in the last place)."""
     torch.manual_seed(0)
     block = randomize_bn(RepMLPBlock(channels, channels, h, h, (1, 3), 4, sets), torch.Generator().manual_seed(0))
@@ -353,7 +353,7 @@ def test_bfloat16_and_float16_models_convert_and_run():
             assert rel_diff(low(x.to(dtype)).double(), ref) < tol
 
 
-# ----------------------------------------------------------------------------- input sizes (§5)
+# ----------------------------------------------------------------------------- input sizes (a partition grid over the input)
 
 
 @pytest.mark.parametrize("name, size", [("RepMLPNet-T224", (256, 256)), ("RepMLPNet-T224", (192, 192)),
@@ -373,7 +373,7 @@ def test_a_wrong_resolution_names_the_sizes_that_work(name, size):
 
 @pytest.mark.parametrize("grid", [(2, 2), (2, 3), (3, 1)])
 def test_a_large_input_is_computed_partition_by_partition(grid, float64):
-    """§5: the block on an input of several partitions equals the block applied to each partition by hand.
+    """The block on an input of several partitions equals the block applied to each partition by hand.
 
     With the gate made input-independent, the block on each cut-out partition gives that partition of
     the output; with its own gate (the whole input's), an independent per-partition implementation does.
@@ -401,7 +401,7 @@ def test_a_large_input_is_computed_partition_by_partition(grid, float64):
 
 
 def _references_scrambled_block(block, x):
-    """§5: the reference at HP·WP > 1 (its reassembly assumes rows ordered (n, g, hp, wp))."""
+    """repmlpnet.py at HP·WP > 1 (its reassembly assumes rows ordered (n, g, hp, wp))."""
     n, c, height, width = x.shape
     h, w, s = block.h, block.w, block.sets
     hp, wp = height // h, width // w
@@ -415,7 +415,7 @@ def _references_scrambled_block(block, x):
 
 @pytest.mark.parametrize("size", [(448, 448), (224, 448)])
 def test_multiples_of_the_native_resolution_work(size, float64):
-    """2x and a non-square multiple: the partition-by-partition forward of §3, train == deploy, and the features."""
+    """2x and a non-square multiple: the partition-by-partition forward above, train == deploy, and the features."""
     name = "RepMLPNet-T224"
     model = random_model(name)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(2))
@@ -480,7 +480,7 @@ def test_group_matcher_orders_stem_stages_downsamplings_and_head():
 
 
 def test_grad_checkpointing_reaches_the_blocks_and_gives_the_same_gradients(float64):
-    """The reference's use_checkpoint never reaches its model (§8.10); here every unit is recomputed in backward."""
+    """The reference's use_checkpoint never reaches its model (main_repmlp.py's TRAIN.USE_CHECKPOINT is not passed on); here every unit is recomputed in backward."""
     torch.manual_seed(0)
     model = randomize_bn(small_net(num_classes=3)).train()
     units = [m for m in model.modules() if type(m).__name__ == "RepMLPNetUnit"]
@@ -532,7 +532,7 @@ def test_hub_entries_and_demo(capsys):
     assert "224x224" in out and "equal" in out
 
 
-# ----------------------------------------------------------------------------- released files (§6, §11)
+# ----------------------------------------------------------------------------- released files (the authors' and mmpretrain's)
 
 
 def test_released_train_files_load_strictly_in_both_forms(tmp_path):
@@ -569,7 +569,7 @@ def test_released_train_files_load_strictly_in_both_forms(tmp_path):
 
 
 def to_mmpretrain(key):
-    """§11, official → mmpretrain, written from the study's table (the adapter maps the other way)."""
+    """Official → mmpretrain keys, written from mmpretrain's key names (mmpretrain/models/backbones/repmlp.py) (the adapter maps the other way)."""
     renames = [("conv_embedding.conv.", "backbone.patch_embed.projection."),
                ("conv_embedding.bn.", "backbone.patch_embed.norm."),
                ("embeds.", "backbone.downsample_layers."), ("head_norm.", "backbone.final_norm."), ("head.", "head.fc.")]
