@@ -114,16 +114,24 @@ def class_indices(index: ImageFolderIndex, num_classes: int, class_map: Optional
 
 
 class ImageFolderDataset:
-    """``(image tensor, class index, ok)``; a file that cannot be decoded gives ``ok=False`` and a blank image."""
+    """``(image tensor, class index, ok)``; a file that cannot be decoded gives ``ok=False`` and a blank image.
 
-    def __init__(self, index: ImageFolderIndex, transform: Callable, mapping: Dict[str, int], blank_shape: Sequence[int]):
+    ``with_index``: ``(image, class index, ok, sample index)``, to name the file a shuffled batch could not decode.
+    """
+
+    def __init__(self, index: ImageFolderIndex, transform: Callable, mapping: Dict[str, int], blank_shape: Sequence[int],
+                 with_index: bool = False):
         self.samples = [(p, mapping[index.classes[c]]) for p, c in index.samples]
-        self.transform, self.blank_shape = transform, tuple(blank_shape)
+        self.transform, self.blank_shape, self.with_index = transform, tuple(blank_shape), with_index
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        item = self._load(i)
+        return (*item, i) if self.with_index else item
+
+    def _load(self, i: int):
         import warnings
 
         import torch
