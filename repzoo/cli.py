@@ -317,6 +317,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     resume=not args.no_resume, seed=args.seed, bf16=args.bf16, channels_last=args.channels_last,
                     amp=args.amp, compile=args.compile, fsdp=args.fsdp, device=args.device,
                     on_bad_image=args.on_bad_image, progress=not args.quiet, **overrides)
+    if summary["rank"] != 0:  # under torchrun: the main process reports
+        return 0
     print(f"{summary['model']}: best val top-1 {summary['best_top1']:.2f}, final {summary['final_top1']:.2f}, "
           f"deploy form {summary['deploy_top1']:.2f} ({summary['deploy']}, {summary['seconds']:.0f} s)")
     if "scales" in summary:

@@ -110,6 +110,16 @@ class Engine:
         dist.broadcast_object_list(box, src=0, device=self._collective_device())
         return box[0]
 
+    def sync_buffers(self, model) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) on every rank: each process's own batches moved its
+        own, and the checkpoint and the evaluation take rank 0's."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist

@@ -319,6 +319,7 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
                     bar.set_postfix(epoch=epoch, loss=f"{value:.3f}", refresh=False)
             train_seconds = time.perf_counter() - t0
             loss_sum, seen = engine.sum([loss_sum, seen])
+            engine.sync_buffers(net)
             top1 = _evaluate(net, val_loader, autocast, engine, on_bad_image)
             row = dict(epoch=epoch, train_loss=loss_sum / max(seen, 1), val_top1=top1,
                        lr=opt.param_groups[0]["lr"], train_images_per_second=seen / train_seconds,
@@ -368,4 +369,4 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
                                             num_workers=workers)
         summary["deploy_top1"] = _evaluate(deploy, whole, autocast)
         write_json(output / "summary.json", summary, "the summary")
-    return engine.broadcast(summary)
+    return dict(engine.broadcast(summary), rank=engine.rank)
