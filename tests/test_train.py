@@ -75,7 +75,9 @@ def test_a_run_writes_checkpoints_metrics_and_a_validated_deploy_file(tiny, tmp_
 
 
 def test_a_killed_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
-    whole = train("RepVGG-A0", tiny, tmp_path / "whole", epochs=3, lr=0.2, **QUICK)
+    """With 2 loader workers, as the command's default: each image's augmentation is seeded by its epoch."""
+    quick = dict(QUICK, workers=2)
+    whole = train("RepVGG-A0", tiny, tmp_path / "whole", epochs=3, lr=0.2, **quick)
     calls = {"n": 0}
     evaluate = train_loop._evaluate
 
@@ -87,10 +89,10 @@ def test_a_killed_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_loop, "_evaluate", killed_in_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **QUICK)
+        train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **quick)
     assert torch.load(tmp_path / "killed" / "last.pth", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(train_loop, "_evaluate", evaluate)
-    resumed = train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **QUICK)
+    resumed = train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **quick)
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())["history"]
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in b] == [0, 1, 2]

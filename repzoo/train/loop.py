@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import RepZooError
-from .data import ImageFolderDataset, class_indices, scan_image_folder
+from .data import EpochSampler, ImageFolderDataset, class_indices, scan_image_folder
 from .recipes import Recipe, default_recipe, get_recipe
 
 __all__ = ["train", "decay_groups"]
@@ -77,12 +77,11 @@ def _loaders(index, val_index, mapping, cfg, recipe: Recipe, batch_size, workers
     train_set = ImageFolderDataset(index, train_tf, mapping, common["input_size"], with_index=True)
     val_set = ImageFolderDataset(val_index, val_tf, mapping, common["input_size"])
     # one shuffle of the whole set per epoch (DistributedSampler.set_epoch), split over the processes
-    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=engine.world, rank=engine.rank, shuffle=True,
-                                                  seed=0)
+    sampler = EpochSampler(train_set, num_replicas=engine.world, rank=engine.rank)
     per_process = len(sampler)
     pin = engine.device.type == "cuda"
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, sampler=sampler,
-                                               generator=torch.Generator(), num_workers=workers, pin_memory=pin,
+                                               num_workers=workers, pin_memory=pin,
                                                drop_last=mixup_on or per_process > batch_size,
                                                persistent_workers=workers > 0)
     val_loader = torch.utils.data.DataLoader(_EvalShard(val_set, engine.rank, engine.world), batch_size=batch_size * 2,
@@ -262,14 +261,14 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
     skipped, t_start = 0, time.perf_counter()
     try:
         for epoch in range(start_epoch, rec.epochs):
-            # the epoch's order and augmentations, the same after a resume (timm's crops draw from `random`; a
-            # loader worker seeds `random` and torch from the loader's generator); each process its own stream
-            stream = seed * 1000 + epoch + 7919 * engine.rank
-            train_loader.sampler.set_epoch(seed * 1000 + epoch)
-            train_loader.generator.manual_seed(stream)
-            torch.manual_seed(stream)
-            random.seed(stream)
-            numpy.random.seed(stream)
+            # the epoch's order and augmentations, the same after a resume: the order is the sampler's shuffle of
+            # the epoch, each image's augmentation is seeded by (epoch, image) in whichever worker loads it;
+            # mixup and the model's own randomness draw from the main process's seeds
+            stream = seed * 1000 + epoch
+            train_loader.sampler.set_epoch(stream)
+            torch.manual_seed(stream + 7919 * engine.rank)
+            random.seed(stream + 7919 * engine.rank)
+            numpy.random.seed(stream + 7919 * engine.rank)
             net.train()
             loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
             for i, (x, y, ok, where) in enumerate(train_loader):
