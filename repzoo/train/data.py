@@ -139,7 +139,7 @@ class ImageFolderDataset:
             epoch, key = key
             seed = (int(epoch) * 1_000_003 + int(key)) % (2**62)
             random.seed(seed)
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from (~1 us)
         item = self._load(key)
         return (*item, key) if self.with_index else item
 
