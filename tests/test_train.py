@@ -229,3 +229,20 @@ def test_the_guides_commands_reach_97_percent_on_digits(tmp_path, monkeypatch, c
     assert a0["best_top1"] >= 97.0 and target["best_top1"] >= 97.0, (a0["best_top1"], target["best_top1"])
     assert a0["deploy_top1"] == pytest.approx(a0["best_top1"])
     assert f"top-1 {a0['deploy_top1']:.2f}" in out  # the validate command on the deploy file agrees
+
+
+def test_the_commands_precision_layout_compile_and_engine_flags_reach_train(tiny, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(model, data, output, **kwargs):
+        seen.update(kwargs)
+        return {"rank": 1}  # a process other than the main one: nothing to print
+
+    monkeypatch.setattr(repzoo.train, "train", fake_train)
+    base = ["train", str(tiny), "--model", "RepVGG-A0", "--output", str(tmp_path / "out")]
+    assert main(base) == 0
+    assert (seen["amp"], seen["bf16"], seen["channels_last"], seen["compile"], seen["fsdp"], seen["device"]) == (
+        False, False, False, False, False, None)
+    assert main(base + ["--amp", "--bf16", "--channels-last", "--compile", "--fsdp", "--device", "cpu"]) == 0
+    assert (seen["amp"], seen["bf16"], seen["channels_last"], seen["compile"], seen["fsdp"], seen["device"]) == (
+        True, True, True, True, True, "cpu")
