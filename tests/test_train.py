@@ -101,6 +101,7 @@ def test_a_killed_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     assert resumed["final_top1"] == whole["final_top1"]
 
 
+@pytest.mark.heavy  # 64 s on the shared 2-core machine
 @pytest.mark.filterwarnings("ignore:Using `torch.compile")  # the test's own global hook
 def test_amp_channels_last_and_compile_and_no_tensorboard(tiny, tmp_path, monkeypatch, capsys):
     """One epoch with bfloat16 autocast, channels-last and torch.compile (its eager backend: the wiring; the CLI's
