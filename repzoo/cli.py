@@ -315,7 +315,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
                     pretrained=args.pretrained, checkpoint=args.checkpoint, scales=args.scales,
                     resume=not args.no_resume, seed=args.seed, bf16=args.bf16, channels_last=args.channels_last,
+                    amp=args.amp, compile=args.compile, fsdp=args.fsdp, device=args.device,
                     on_bad_image=args.on_bad_image, progress=not args.quiet, **overrides)
+    if summary["rank"] != 0:  # under torchrun: the main process reports
+        return 0
     print(f"{summary['model']}: best val top-1 {summary['best_top1']:.2f}, final {summary['final_top1']:.2f}, "
           f"deploy form {summary['deploy_top1']:.2f} ({summary['deploy']}, {summary['seconds']:.0f} s)")
     if "scales" in summary:
@@ -452,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="a recipe name (default: the model's family's)")
     p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--lr", type=positive_float, default=None, help="for the recipe's base batch (scaled linearly)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="per process (global: x the processes)")
     p.add_argument("--image-size", type=positive_int, default=None)
     p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--warmup-epochs", type=non_negative_float, default=None)
@@ -471,8 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", default=None, help="a RepOpt target's scale file (default: the released scales)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT/last.pth exists")
     p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 (float16 + GradScaler on GPUs without)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training model")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 (fully_shard) instead of DDP")
+    p.add_argument("--device", type=device, default=None, help="default: this process's GPU if any, else the CPU")
     p.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)

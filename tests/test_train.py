@@ -4,6 +4,7 @@ RepOptimizer), the recipes' sources, and the refusals."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -54,6 +55,16 @@ def test_a_run_writes_checkpoints_metrics_and_a_validated_deploy_file(tiny, tmp_
     assert summary["deploy_top1"] == pytest.approx(summary["best_top1"])  # the best epoch, converted
     ckpt = torch.load(out / "last.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "recipe", "history"}
+    # TensorBoard (installed here): every per-epoch scalar, the learning rate among them
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "val_top1", "lr", "train_images_per_second"} <= set(events.Tags()["scalars"])
+    for key in ("val_top1", "lr", "train_loss"):
+        logged = events.Scalars(key)
+        assert [e.step for e in logged] == [0, 1]
+        assert [e.value for e in logged] == pytest.approx([r[key] for r in history], rel=1e-6)
     # the deploy file and the training save validate alike (the latter in both forms, 0 differing predictions)
     deploy = validate("RepVGG-A0", tiny / "val", checkpoint=out / "deploy.safetensors", deploy=True, image_size=32,
                       crop_pct=1.0, workers=0, progress=False)
@@ -64,7 +75,9 @@ def test_a_run_writes_checkpoints_metrics_and_a_validated_deploy_file(tiny, tmp_
 
 
 def test_a_killed_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
-    whole = train("RepVGG-A0", tiny, tmp_path / "whole", epochs=3, lr=0.2, **QUICK)
+    """With 2 loader workers, as the command's default: each image's augmentation is seeded by its epoch."""
+    quick = dict(QUICK, workers=2)
+    whole = train("RepVGG-A0", tiny, tmp_path / "whole", epochs=3, lr=0.2, **quick)
     calls = {"n": 0}
     evaluate = train_loop._evaluate
 
@@ -76,16 +89,46 @@ def test_a_killed_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_loop, "_evaluate", killed_in_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **QUICK)
+        train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **quick)
     assert torch.load(tmp_path / "killed" / "last.pth", weights_only=True)["epoch"] == 0
     monkeypatch.setattr(train_loop, "_evaluate", evaluate)
-    resumed = train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **QUICK)
+    resumed = train("RepVGG-A0", tiny, tmp_path / "killed", epochs=3, lr=0.2, **quick)
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())["history"]
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in b] == [0, 1, 2]
     for ra, rb in zip(a, b):
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4) and rb["val_top1"] == ra["val_top1"]
     assert resumed["final_top1"] == whole["final_top1"]
+
+
+@pytest.mark.heavy  # 64 s on the shared 2-core machine
+@pytest.mark.filterwarnings("ignore:Using `torch.compile")  # the test's own global hook
+def test_amp_channels_last_and_compile_and_no_tensorboard(tiny, tmp_path, monkeypatch, capsys):
+    """One epoch with bfloat16 autocast, channels-last and torch.compile (its eager backend: the wiring; the CLI's
+    --compile is inductor), TensorBoard's import failing: the run goes on, says so once, and the checkpoint's keys
+    are the plain model's (no ``_orig_mod.``)."""
+    import sys
+
+    import torch._dynamo
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` raises ImportError
+    dtypes = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: dtypes.add(out.dtype) if isinstance(m, torch.nn.Conv2d) else None)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    try:
+        summary = train("RepVGG-A0", tiny, tmp_path / "run", epochs=1, lr=0.2, amp=True, channels_last=True,
+                        compile="eager", **QUICK)
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in dtypes  # the convolutions ran in bfloat16
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the training model was compiled
+    assert summary["deploy_top1"] == pytest.approx(summary["best_top1"])
+    assert not (tmp_path / "run" / "tensorboard").exists()
+    assert capsys.readouterr().err.count("TensorBoard is not installed") == 1
+    keys = set(torch.load(tmp_path / "run" / "last.pth", weights_only=True)["model"])
+    assert keys == set(repzoo.create_model("RepVGG-A0", num_classes=10).state_dict())
 
 
 def test_the_repopt_pipeline_search_then_target_with_its_scales(tiny, tmp_path):
@@ -98,13 +141,29 @@ def test_the_repopt_pipeline_search_then_target_with_its_scales(tiny, tmp_path):
         train("RepOpt-GhostNet-0.5x", tiny, tmp_path / "wrong", epochs=1, scales="RepOpt-VGG-B1", **QUICK)
 
 
-def test_bad_input_is_refused_before_anything_is_written(tiny, tmp_path):
+def test_bad_input_is_refused_before_anything_is_written(tiny, tmp_path, capsys):
+    """Through the command: a scale file of another model, an unknown recipe, a missing val/, a corrupt image
+    (stop: named, nothing written; skip: left out and counted). Each a one-line error, --output untouched."""
+    out = tmp_path / "out"
+    cmd = ["train", str(tiny), "--output", str(out), "--epochs", "1", "--batch-size", "16", "--image-size", "32",
+           "--workers", "0", "--quiet"]
+    vgg_scales = repzoo.optim.save_scales(repzoo.optim.load_scales("RepOpt-VGG-B1"), tmp_path / "vgg-scales.pth")
+    refusals = [(["--model", "RepOpt-GhostNet-0.5x", "--scales", str(vgg_scales)], "scales of another model"),
+                (["--model", "RepVGG-A0", "--recipe", "fast"], "Unknown recipe 'fast'.*repvgg")]
+    broken = tiny / "train" / "3" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    refusals.append((["--model", "RepVGG-A0"], r"Cannot decode .*broken.png.*--on-bad-image skip"))
+    for args, message in refusals:
+        assert main(cmd + args) != 0, args
+        err = capsys.readouterr().err
+        assert err.startswith("repzoo: error: ") and re.search(message, err), err
+        assert "Traceback" not in err and not out.exists(), args
+    assert main(cmd + ["--model", "RepVGG-A0", "--on-bad-image", "skip", "--hflip", "0"]) == 0
+    assert json.loads((out / "summary.json").read_text())["skipped_images"] == 1
+    shutil.rmtree(out)
     shutil.rmtree(tiny / "val")
-    with pytest.raises(RepZooError, match="no val/ folder"):
-        train("RepVGG-A0", tiny, tmp_path / "out", epochs=1, **QUICK)
-    with pytest.raises(RepZooError, match="Unknown recipe 'fast'.*repvgg"):
-        train("RepVGG-A0", tiny, tmp_path / "out", recipe="fast", epochs=1, **QUICK)
-    assert not (tmp_path / "out").exists()
+    assert main(cmd + ["--model", "RepVGG-A0"]) != 0
+    assert "no val/ folder" in capsys.readouterr().err and not out.exists()
 
 
 def test_recipes_cite_their_source_and_keep_the_authors_numbers():
@@ -171,3 +230,20 @@ def test_the_guides_commands_reach_97_percent_on_digits(tmp_path, monkeypatch, c
     assert a0["best_top1"] >= 97.0 and target["best_top1"] >= 97.0, (a0["best_top1"], target["best_top1"])
     assert a0["deploy_top1"] == pytest.approx(a0["best_top1"])
     assert f"top-1 {a0['deploy_top1']:.2f}" in out  # the validate command on the deploy file agrees
+
+
+def test_the_commands_precision_layout_compile_and_engine_flags_reach_train(tiny, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(model, data, output, **kwargs):
+        seen.update(kwargs)
+        return {"rank": 1}  # a process other than the main one: nothing to print
+
+    monkeypatch.setattr(repzoo.train, "train", fake_train)
+    base = ["train", str(tiny), "--model", "RepVGG-A0", "--output", str(tmp_path / "out")]
+    assert main(base) == 0
+    assert (seen["amp"], seen["bf16"], seen["channels_last"], seen["compile"], seen["fsdp"], seen["device"]) == (
+        False, False, False, False, False, None)
+    assert main(base + ["--amp", "--bf16", "--channels-last", "--compile", "--fsdp", "--device", "cpu"]) == 0
+    assert (seen["amp"], seen["bf16"], seen["channels_last"], seen["compile"], seen["fsdp"], seen["device"]) == (
+        True, True, True, True, True, "cpu")

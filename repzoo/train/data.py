@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from ..errors import RepZooError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "scan_image_folder", "class_indices", "ImageFolderDataset",
-           "write_digits_folder"]
+           "EpochSampler", "write_digits_folder"]
 
 #: what torchvision's ImageFolder and timm's readers take as images
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -114,16 +114,36 @@ def class_indices(index: ImageFolderIndex, num_classes: int, class_map: Optional
 
 
 class ImageFolderDataset:
-    """``(image tensor, class index, ok)``; a file that cannot be decoded gives ``ok=False`` and a blank image."""
+    """``(image tensor, class index, ok)``; a file that cannot be decoded gives ``ok=False`` and a blank image.
 
-    def __init__(self, index: ImageFolderIndex, transform: Callable, mapping: Dict[str, int], blank_shape: Sequence[int]):
+    ``with_index``: ``(image, class index, ok, sample index)``, to name the file a shuffled batch could not decode.
+    A key ``(epoch, i)`` (what :class:`EpochSampler` yields) seeds ``random`` and torch from both before the
+    transform: an image's augmentation depends on its epoch alone, whatever the worker, the number of workers
+    or processes, or a resume.
+    """
+
+    def __init__(self, index: ImageFolderIndex, transform: Callable, mapping: Dict[str, int], blank_shape: Sequence[int],
+                 with_index: bool = False):
         self.samples = [(p, mapping[index.classes[c]]) for p, c in index.samples]
-        self.transform, self.blank_shape = transform, tuple(blank_shape)
+        self.transform, self.blank_shape, self.with_index = transform, tuple(blank_shape), with_index
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            import random
+
+            import torch
+
+            epoch, key = key
+            seed = (int(epoch) * 1_000_003 + int(key)) % (2**62)
+            random.seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from (~1 us)
+        item = self._load(key)
+        return (*item, key) if self.with_index else item
+
+    def _load(self, i: int):
         import warnings
 
         import torch
@@ -137,6 +157,26 @@ class ImageFolderDataset:
                     return self.transform(img.convert("RGB")), target, True
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             return torch.zeros(self.blank_shape), target, False
+
+
+class EpochSampler:
+    """``torch.utils.data.DistributedSampler``'s indices (one shuffle per epoch, this process's share) as
+    ``(epoch, index)`` keys, for :class:`ImageFolderDataset` to seed each image's augmentation by."""
+
+    def __init__(self, dataset, *, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        from torch.utils.data import DistributedSampler
+
+        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        epoch = self.inner.epoch
+        return ((epoch, i) for i in self.inner)
 
 
 def write_digits_folder(root, *, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Dict[str, int]:
