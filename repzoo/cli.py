@@ -361,15 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-key", default=None, help="the wrapper to read (model_ema, state_dict_ema, …)")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("export", help="export a model to ONNX, TorchScript or torch.export, checked before it is kept")
+    p = sub.add_parser("export", help="export a model to ONNX, TorchScript, torch.export or OpenVINO, checked before it is kept")
     p.add_argument("name")
-    p.add_argument("--format", choices=["onnx", "torchscript", "exported"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript", "exported", "openvino"], default="onnx")
     p.add_argument("--deploy", action="store_true", help="export the converted (plain) form")
     p.add_argument("--checkpoint", type=existing_file, default=None, help="weights to export (any supported format)")
     p.add_argument("--pretrained", action="store_true", help="the released weights")
     p.add_argument("--num-classes", type=non_negative_int, default=None,
                    help="classifier size (default: the checkpoint's own)")
-    p.add_argument("--output", default=None, help="default: <name>[-deploy].onnx / .pt / .pt2")
+    p.add_argument("--output", default=None, help="default: <name>[-deploy].onnx / .pt / .pt2 / .xml (+ .bin)")
     p.add_argument("--image-size", type=positive_int, default=None, help="example input size (default: the model's)")
     p.add_argument("--batch-size", type=positive_int, default=2)
     p.set_defaults(func=_cmd_export)
