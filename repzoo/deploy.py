@@ -64,7 +64,7 @@ from .machine import machine
 
 __all__ = ["RUNTIMES", "MIN_AGREEMENT", "FP32_RTOL", "DeployReport", "bf16_support", "ort_session_options",
            "build_path", "verify", "fastest_deploy", "bench_runtimes", "markdown", "digits_images", "versions",
-           "spread"]
+           "spread", "Worker", "prepare_model", "data_statistics", "fit_probe", "fastest_from", "compare"]
 
 #: every path, in the order they are shown; the first is the reference
 RUNTIMES = ("eager", "channels_last", "compile", "bf16", "int8", "onnxruntime", "onnxruntime-int8", "openvino")
@@ -487,18 +487,27 @@ def _worker_main(spec: Dict[str, Any]) -> None:
     ``{"times": [...]}`` and exit on ``{"quit": true}`` or end of input. One JSON object per line on stdout."""
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    data = torch.load(spec["data"], weights_only=True)
-    model = _build_model(spec["model"], data["state"], int(data["num_classes"])).eval()
     device = torch.device(spec.get("device", "cpu"))
-    model = model.to(device)
-    images, reference = data["images"].to(device), data["reference"]
     batches = [int(b) for b in spec["batch_sizes"]]
+    if spec.get("data"):
+        data = torch.load(spec["data"], weights_only=True)
+        model = _build_model(spec["model"], data["state"], int(data["num_classes"])).eval()
+        images, reference = data["images"].to(device), data["reference"]
+    else:  # speed only (benchmarks/bench_repvgg_vs_resnet.py): seeded random weights and inputs, nothing verified
+        torch.manual_seed(0)
+        model = _build_model(spec["model"]).eval()
+        size = int(spec["image_size"])
+        images, reference, data = torch.randn(max(batches), 3, size, size, device=device), None, {}
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = model.to(device)
     reply: Dict[str, Any] = dict(runtime=spec["runtime"], kind=KIND.get(spec["runtime"], "fp32"))
     try:
         t = time.perf_counter()
-        fn = build_path(spec["runtime"], model, example=images[: max(batches)], calibration=data["calibration"],
+        fn = build_path(spec["runtime"], model, example=images[: max(batches)], calibration=data.get("calibration"),
                         workdir=spec["workdir"], threads=spec.get("threads"))
-        reply["verification"] = verify(fn, reference, images, reply["kind"], max(batches))
+        if reference is not None:
+            reply["verification"] = verify(fn, reference, images, reply["kind"], max(batches))
         for b in batches:  # warm-up: a compiled path compiles each shape here
             for _ in range(int(spec.get("warmup", 2))):
                 fn(images[:b])
@@ -532,21 +541,30 @@ def _build_model(spec: str, state: Optional[Dict[str, torch.Tensor]] = None,
     return model
 
 
-class _Worker:
-    """The parent's handle on one worker process."""
+class Worker:
+    """The parent's handle on one worker process (``python -m repzoo.deploy <spec>``): ``ready`` is its first
+    answer (the path's verification, or its error); :meth:`time` asks it for a round of timed calls.
+
+    The spec: ``model`` (a repzoo name or ``torchvision:<name>``), ``runtime``, ``batch_sizes``, ``warmup``,
+    ``threads``, ``device``, ``workdir``, and either ``data`` (a file of the weights, the verification images,
+    fp32 eager's logits, calibration images and ``num_classes``: see :func:`prepare_model`) or ``image_size``
+    (speed only: seeded random weights and inputs, nothing verified)."""
 
     def __init__(self, spec: Dict[str, Any]):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(pathlib.Path(__file__).resolve().parents[1])] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+        self._err = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up with warnings and block the worker
         self.proc = subprocess.Popen([sys.executable, "-m", "repzoo.deploy", json.dumps(spec)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True, env=env)
         self.ready = self._read()["ready"]
 
     def _read(self) -> Dict[str, Any]:
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                err = self.proc.stderr.read().strip().splitlines()
+                self.proc.wait()
+                self._err.seek(0)
+                err = self._err.read().strip().splitlines()
                 raise RepZooError(f"a benchmark worker died: {err[-1] if err else 'no message'}")
             if line.startswith("{"):
                 return json.loads(line)
@@ -565,6 +583,7 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._err.close()
 
 
 def prepare_model(name: str, *, image_size: Optional[int] = None, images_root: Optional[os.PathLike] = None,
@@ -649,7 +668,7 @@ def bench_runtimes(models: Sequence[str], runtimes: Sequence[str] = RUNTIMES, *,
                        f"{work}/data.pt")
             say(f"{name}: weights, {len(prep['images'])} verification images at {prep['image_size']}px and fp32 "
                 f"logits ready ({time.perf_counter() - t:.0f} s)")
-            workers: Dict[str, _Worker] = {}
+            workers: Dict[str, Worker] = {}
             rows: Dict[str, Dict[str, Any]] = {}
             try:
                 for rt in runtimes:
@@ -658,7 +677,7 @@ def bench_runtimes(models: Sequence[str], runtimes: Sequence[str] = RUNTIMES, *,
                         continue
                     spec = dict(model=name, runtime=rt, data=f"{work}/data.pt", workdir=work, threads=threads,
                                 batch_sizes=list(batch_sizes), warmup=warmup, device=device)
-                    w = _Worker(spec)
+                    w = Worker(spec)
                     rows[rt] = dict(model=name, image_size=prep["image_size"], **w.ready)
                     v = w.ready.get("verification")
                     say(f"  {rt}: " + (f"FAILED to build: {w.ready['error']}" if "error" in w.ready else

@@ -66,7 +66,8 @@ _HEAVY = pytest.mark.heavy  # an ONNX export (or OpenVINO's conversion) each: te
 @pytest.mark.parametrize("runtime", ["eager", "channels_last", "bf16", "int8",
                                      pytest.param("onnxruntime", marks=_HEAVY),
                                      pytest.param("onnxruntime-int8", marks=_HEAVY),
-                                     pytest.param("openvino", marks=_HEAVY)])
+                                     pytest.param("openvino", marks=_HEAVY),
+                                     pytest.param("compile", marks=_HEAVY)])  # inductor compiles C++
 def test_each_path_is_verified_against_fp32_eager(a0, val, runtime, tmp_path):
     if runtime.startswith("onnx"):
         pytest.importorskip("onnxruntime")
