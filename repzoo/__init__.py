@@ -69,7 +69,7 @@ def export(model, path, format: str = "onnx", **kwargs):
 def fastest_deploy(model, images=None, **kwargs):
     """The fastest deploy path of ``model`` that passes verification against fp32 eager on real ``images`` on
     this machine, and the report that says which one it is: ``fn, report = repzoo.fastest_deploy(model, images)``
-    (see :func:`repzoo.deploy.fastest_deploy`)."""
+    (see [repzoo.deploy.fastest_deploy][])."""
     from .deploy import fastest_deploy as _fastest
 
     return _fastest(model, images, **kwargs)

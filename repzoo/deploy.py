@@ -6,7 +6,7 @@
     repzoo bench --runtimes eager,channels_last,compile,bf16,int8,onnxruntime,onnxruntime-int8,openvino \\
         --models RepVGG-A0 --batch-sizes 1,16 --json deploy.json --markdown deploy.md
 
-The paths (:data:`RUNTIMES`), each a callable that takes a float32 NCHW batch and returns float32 logits:
+The paths (`RUNTIMES`), each a callable that takes a float32 NCHW batch and returns float32 logits:
 
 * ``eager``: the model in PyTorch, fp32, NCHW — the reference every other path is compared with;
 * ``channels_last``: the same in ``torch.channels_last`` memory format;
@@ -16,29 +16,29 @@ The paths (:data:`RUNTIMES`), each a callable that takes a float32 NCHW batch an
   bf16 units (a CPU with ``avx512_bf16`` or AMX, a GPU that supports bf16): elsewhere it is reported as
   unavailable, with the reason;
 * ``int8``: ``torch.ao`` post-training static quantization, x86 backend
-  (:func:`repzoo.integrations.quantize.quantize_int8`), calibrated on real images;
-* ``onnxruntime``: the model exported with :func:`repzoo.export` (checked there) and run by ONNX Runtime,
-  its intra- and inter-op threads told not to spin between runs (:func:`ort_session_options`);
+  (`repzoo.integrations.quantize.quantize_int8`), calibrated on real images;
+* ``onnxruntime``: the model exported with `repzoo.export` (checked there) and run by ONNX Runtime,
+  its intra- and inter-op threads told not to spin between runs (`ort_session_options`);
 * ``onnxruntime-int8``: that ONNX file quantized by ``onnxruntime.quantization.quantize_static`` (QDQ,
   per-channel int8 weights, uint8 activations) calibrated on real images;
 * ``openvino``: ``openvino.convert_model`` of the model, compiled for the CPU in f32 (OpenVINO's default on
   a CPU with bf16 units is bf16) with the latency hint.
 
 Verification. Each path runs on real images (by default the validation split of scikit-learn's handwritten
-digits, written by :func:`repzoo.train.data.write_digits_folder` and resized to the model's input) and is
+digits, written by `repzoo.train.data.write_digits_folder` and resized to the model's input) and is
 compared with fp32 eager: the largest relative logit difference ``max |y - y_ref| / max |y_ref|`` and the
 fraction of images whose top-1 class is the same. A path passes when its top-1 agreement is at least
-:data:`MIN_AGREEMENT` of its kind (fp32 and bf16 paths 99 %, int8 paths 98 %) and, for the fp32 paths, its
-relative difference is at most :data:`FP32_RTOL`. A path that fails (or cannot be built) is shown as failed
+`MIN_AGREEMENT` of its kind (fp32 and bf16 paths 99 %, int8 paths 98 %) and, for the fp32 paths, its
+relative difference is at most `FP32_RTOL`. A path that fails (or cannot be built) is shown as failed
 and never recommended.
 
-Timing. ``repzoo bench --runtimes`` (:func:`bench_runtimes`) runs every path in a process of its own (a
+Timing. ``repzoo bench --runtimes`` (`bench_runtimes`) runs every path in a process of its own (a
 worker: ``python -m repzoo.deploy``) that builds and verifies it, warms it up and then waits; the parent asks
 one worker at a time for a round of timed repetitions, rotating the order each round, so that each engine is
 timed with every other engine's process idle and the machine's drift falls on all of them alike. The
 figures are medians over every repetition of every round; the spread (largest round median / smallest − 1)
 is reported per engine, and a spread above 10 % is flagged: such a run is not to be trusted.
-:func:`fastest_deploy` times in the calling process (it must hand back the callable it measured), the
+`fastest_deploy` times in the calling process (it must hand back the callable it measured), the
 engines interleaved, ONNX Runtime without spinning.
 """
 from __future__ import annotations
@@ -172,7 +172,7 @@ def _ort_int8_file(model: nn.Module, example: torch.Tensor, calibration: torch.T
 
 def build_path(name: str, model: nn.Module, *, example: torch.Tensor, calibration: Optional[torch.Tensor] = None,
                workdir: Optional[os.PathLike] = None, threads: Optional[int] = None) -> Callable:
-    """The deploy path ``name`` (one of :data:`RUNTIMES`) of ``model`` (an fp32 module in eval mode; it is not
+    """The deploy path ``name`` (one of `RUNTIMES`) of ``model`` (an fp32 module in eval mode; it is not
     changed): a callable from a float32 NCHW batch to float32 logits.
 
     Args:
@@ -277,7 +277,7 @@ def verify(fn: Callable, reference: torch.Tensor, images: torch.Tensor, kind: st
 def digits_images(size: int, mean: Sequence[float], std: Sequence[float], root: Optional[os.PathLike] = None,
                   split: str = "val", limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)``: an image folder's ``split`` (``root/<split>/<class>/*.png``; by default
-    scikit-learn's handwritten digits written by :func:`repzoo.train.data.write_digits_folder` into a
+    scikit-learn's handwritten digits written by `repzoo.train.data.write_digits_folder` into a
     temporary folder), resized to ``size`` (bilinear) and normalised with ``mean`` / ``std``."""
     import numpy as np
     from PIL import Image
@@ -377,7 +377,7 @@ def _summary(times: Dict[int, List[List[float]]]) -> Dict[str, Any]:
 
 @dataclass
 class DeployReport:
-    """What :func:`fastest_deploy` measured: a row per path, and the one chosen."""
+    """What `fastest_deploy` measured: a row per path, and the one chosen."""
 
     best: Optional[str]
     batch_size: int
@@ -414,10 +414,10 @@ def fastest_deploy(model: nn.Module, images: Optional[torch.Tensor] = None, *,
                    paths: Optional[Dict[str, Callable]] = None) -> Tuple[Callable, DeployReport]:
     """The fastest deploy path of ``model`` that passes verification on this machine, and the report.
 
-    Every path of ``runtimes`` is built, verified against fp32 eager on ``images`` (see :func:`verify`) and,
+    Every path of ``runtimes`` is built, verified against fp32 eager on ``images`` (see `verify`) and,
     when it passes, timed at ``batch_size`` (``rounds`` rounds of ``repeats`` calls, the paths interleaved;
     medians). The one with the most images/s among those that passed is returned with the report
-    (:class:`DeployReport`; ``report.best`` names it). ``eager`` is always measured: it is the reference.
+    (`DeployReport`; ``report.best`` names it). ``eager`` is always measured: it is the reference.
 
     Args:
         model: a float32 model in eval mode (convert it first: ``repzoo.reparameterize``); it is not changed.
@@ -425,7 +425,7 @@ def fastest_deploy(model: nn.Module, images: Optional[torch.Tensor] = None, *,
             ``calibration`` is given, the int8 paths' calibration (its first half). By default the digits
             validation images at the model's input size (needs scikit-learn).
         paths: extra or replacement paths, ``{name: callable}``, verified and timed like the built ones
-            (their kind is fp32 unless the name is one of :data:`RUNTIMES`).
+            (their kind is fp32 unless the name is one of `RUNTIMES`).
     Returns:
         ``(callable, report)``: the chosen path's callable (float32 NCHW in, logits out).
     Raises:
@@ -543,11 +543,11 @@ def _build_model(spec: str, state: Optional[Dict[str, torch.Tensor]] = None,
 
 class Worker:
     """The parent's handle on one worker process (``python -m repzoo.deploy <spec>``): ``ready`` is its first
-    answer (the path's verification, or its error); :meth:`time` asks it for a round of timed calls.
+    answer (the path's verification, or its error); `time` asks it for a round of timed calls.
 
     The spec: ``model`` (a repzoo name or ``torchvision:<name>``), ``runtime``, ``batch_sizes``, ``warmup``,
     ``threads``, ``device``, ``workdir``, and either ``data`` (a file of the weights, the verification images,
-    fp32 eager's logits, calibration images and ``num_classes``: see :func:`prepare_model`) or ``image_size``
+    fp32 eager's logits, calibration images and ``num_classes``: see `prepare_model`) or ``image_size``
     (speed only: seeded random weights and inputs, nothing verified)."""
 
     def __init__(self, spec: Dict[str, Any]):
@@ -588,14 +588,14 @@ class Worker:
 
 def prepare_model(name: str, *, image_size: Optional[int] = None, images_root: Optional[os.PathLike] = None,
                   pretrained: bool = False, checkpoint: Optional[os.PathLike] = None, fit: int = 160,
-                  verify_images: int = 208, seed: int = 0, batch_size: int = 16) -> Dict[str, Any]:
+                  verify_images: int = 128, seed: int = 0, batch_size: int = 16) -> Dict[str, Any]:
     """What every worker of ``name`` needs: the deploy model's weights, the verification images (the val
     split), the int8 calibration images (64 of the train split) and fp32 eager's logits on the verification
     images.
 
     The weights: ``checkpoint`` (a trained model, e.g. ``repzoo train``'s ``deploy.safetensors``), the released
     ones with ``pretrained``, or else random ones (seeded) with BatchNorm statistics measured on the train
-    split (:func:`data_statistics`) and a probe head fitted to the train split (:func:`fit_probe`). A random
+    split (`data_statistics`) and a probe head fitted to the train split (`fit_probe`). A random
     deep network amplifies rounding errors far more than a trained one (its bf16 features drift by ~10 %, a
     trained network's by ~1 %): verify reduced-precision paths with trained weights."""
     torch.manual_seed(seed)
@@ -758,9 +758,27 @@ def markdown(report: Dict[str, Any]) -> str:
     fastest = report.get("fastest") or fastest_from(report)
     lines += [""] + [f"Fastest verified path, {m}: " + ", ".join(f"batch {b}: {rt}" for b, rt in per.items())
                      for m, per in fastest.items()]
+    for m in fastest:
+        line = _pytorch_vs_ort(report, m)
+        if line:
+            lines.append(line)
     if not report.get("bf16", {}).get("available", True):
         lines.append(f"No bf16 path: {report['bf16']['why']}.")
     return "\n".join(lines)
+
+
+def _pytorch_vs_ort(report: Dict[str, Any], model: str) -> Optional[str]:
+    """``Fastest PyTorch fp32 path / onnxruntime, <model>: batch 1: channels_last 1.02x, ...`` (None without both)."""
+    rows = [r for r in report["rows"] if r["model"] == model and (r.get("verification") or {}).get("passed")]
+    ort = next((r for r in rows if r["runtime"] == "onnxruntime"), None)
+    torch_rows = [r for r in rows if r["runtime"] in ("eager", "channels_last", "compile")]
+    if not ort or not torch_rows:
+        return None
+    cells = []
+    for b, s in ort.get("batches", {}).items():
+        best = max(torch_rows, key=lambda r: r["batches"][b]["images_per_s"])
+        cells.append(f"batch {b}: {best['runtime']} {best['batches'][b]['images_per_s'] / s['images_per_s']:.2f}x")
+    return f"Fastest PyTorch fp32 path / onnxruntime, {model}: " + ", ".join(cells)
 
 
 def compare(a: Dict[str, Any], b: Dict[str, Any]) -> List[Tuple[str, str, str, float]]:

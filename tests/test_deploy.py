@@ -238,3 +238,41 @@ def test_the_bench_command_runs_each_path_in_its_own_process(digits, tmp_path, c
     printed = capsys.readouterr().out
     assert "fastest verified path for RepVGG-A0 at batch 4:" in printed
     assert (tmp_path / "deploy.md").read_text().startswith("Measured on ")
+
+
+@pytest.mark.parametrize("stem", ["deploy_a0", "deploy_b1", "repvgg_vs_resnet_cpu"])
+def test_the_benchmark_page_shows_the_committed_reports(stem):
+    """docs/benchmarks.md's block of each deploy report is that report's markdown (benchmarks/deploy_docs.py
+    writes it from the JSON), names the machine, and says the figures are contended."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from deploy_docs import table
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    report = json.loads((REPO_ROOT / "benchmarks" / "results" / f"{stem}.json").read_text())
+    page = (REPO_ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    block = page.split(f"<!-- {stem}:start -->\n")[1].split(f"\n<!-- {stem}:end -->")[0]
+    assert block == table(report)
+    assert block.startswith(f"Measured on {report['machine']['cpu']} ({report['machine']['cores']} cores; flags: ")
+    before = page.split(f"<!-- {stem}:start -->")[0]
+    assert "Contended, to be re-measured" in before.rsplit("\n## ", 1)[-1]
+
+
+def test_the_repvgg_vs_resnet_table_carries_the_papers_figures():
+    """The README's speed column and claims as the script states them (DingXiaoH/RepVGG @ eae7c52, README.md:
+    A2 1322, B1g4 868 examples/s; 83 % faster than ResNet-50, 101 % faster than ResNet-101)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import bench_repvgg_vs_resnet as vs
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    assert vs.PAPER_SPEED["RepVGG-A0"] == 3256 and vs.PAPER_SPEED["RepVGG-B1"] == 685
+    assert vs.PAPER_CLAIMS == [("RepVGG-A2", "resnet50", 1.83), ("RepVGG-B1g4", "resnet101", 2.01)]
+    rows = {n: dict(images_per_s=v, spread=0.0, top1=None) for n, v in
+            dict(resnet50=10.0, resnet101=5.0, **{"RepVGG-A2": 19.0, "RepVGG-B1g4": 11.0}).items()}
+    report = dict(machine=dict(cpu="cpu", cores=2, flags=[], torch="2"), rows=rows,
+                  settings=dict(device="cpu", batch_size=8, image_size=224, rounds=3, repeats=3, threads=2))
+    text = vs.markdown(report)
+    assert "| RepVGG-A2 vs ResNet-50 | 1.83x | 1.90x |" in text and "| RepVGG-B1g4 vs ResNet-101 | 2.01x | 2.20x |" in text
+    assert "| ResNet-50 | - | 10.0 | 1.00x | 722* | 1.00x* |" in text
+    assert "| RepVGG-A2 | - | 19.0 | 1.90x | 1322 | 1.83x |" in text
