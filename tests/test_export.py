@@ -69,18 +69,23 @@ def test_export_command(tmp_path, a0, capsys):
 def test_unknown_format_and_a_wrong_file_are_refused(tmp_path, a0, monkeypatch):
     with pytest.raises(RepZooError, match="Unknown export format"):
         repzoo.export(a0, tmp_path / "x.bin", format="tflite")
+    _off_by_a_bit(monkeypatch, "torchscript")
+    with pytest.raises(RepZooError, match="does not compute what the model does"):
+        repzoo.export(a0, tmp_path / "bad.pt", format="torchscript", input_size=(3, 64, 64))
+    assert list(tmp_path.iterdir()) == []  # nothing kept
+
+
+def _off_by_a_bit(monkeypatch, fmt):
+    """Make the exporter of ``fmt`` hand back a runner whose outputs are 0.1 % off."""
     import repzoo.integrations.export as ex
 
-    real = ex._EXPORTERS["torchscript"]
+    real = ex._EXPORTERS[fmt]
 
     def off_by_a_bit(model, x, path, dims, opset):
         run, c, n = real(model, x, path, dims, opset)
         return (lambda inp: run(inp) * 1.001), c, n
 
-    monkeypatch.setitem(ex._EXPORTERS, "torchscript", off_by_a_bit)
-    with pytest.raises(RepZooError, match="does not compute what the model does"):
-        repzoo.export(a0, tmp_path / "bad.pt", format="torchscript", input_size=(3, 64, 64))
-    assert list(tmp_path.iterdir()) == []  # nothing kept
+    monkeypatch.setitem(ex._EXPORTERS, fmt, off_by_a_bit)
 
 
 def _run_alone(path, fmt, x):
@@ -176,15 +181,7 @@ def test_openvino_export_refuses_a_bad_path_and_keeps_nothing_of_a_wrong_file(tm
         repzoo.export(deploy, tmp_path / "a0.onnx", format="openvino")
     with pytest.raises(RepZooError, match="does not exist"):
         repzoo.export(deploy, tmp_path / "missing" / "a0.xml", format="openvino")
-    import repzoo.integrations.export as ex
-
-    real = ex._EXPORTERS["openvino"]
-
-    def off_by_a_bit(model, x, path, dims, opset):
-        run, c, n = real(model, x, path, dims, opset)
-        return (lambda inp: run(inp) * 1.001), c, n
-
-    monkeypatch.setitem(ex._EXPORTERS, "openvino", off_by_a_bit)
+    _off_by_a_bit(monkeypatch, "openvino")
     with pytest.raises(RepZooError, match="does not compute what the model does"):
         repzoo.export(deploy, tmp_path / "bad.xml", format="openvino", input_size=(3, 64, 64))
     assert list(tmp_path.iterdir()) == []  # neither the .xml nor the .bin is kept
