@@ -3,6 +3,8 @@
     python benchmarks/deploy_docs.py benchmarks/results/deploy_a0.json benchmarks/results/deploy_b1.json \\
         benchmarks/results/repvgg_vs_resnet_cpu.json --docs docs/benchmarks.md
 
+    python benchmarks/deploy_docs.py --compare first.json second.json    # the same command run twice: within 10 %?
+
 Each report replaces the block ``<!-- <stem>:start -->`` ... ``<!-- <stem>:end -->`` of the page (``stem``: the
 JSON file's name without ``.json``) with its markdown: `repzoo bench --runtimes`'s (``repzoo.deploy.markdown``)
 or bench_repvgg_vs_resnet.py's. tests/test_deploy.py checks that the page and the committed JSON agree.
@@ -32,7 +34,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+")
     parser.add_argument("--docs", default="docs/benchmarks.md")
+    parser.add_argument("--compare", action="store_true", help="two reports of `repzoo bench --runtimes`: the ratio "
+                        "of every figure they share, and whether each is within 10 %%")
     args = parser.parse_args(argv)
+    if args.compare:
+        from repzoo.deploy import STEADY, compare
+
+        first, second = (json.loads(Path(p).read_text(encoding="utf-8")) for p in args.reports)
+        ratios = compare(first, second)
+        for model, runtime, batch, ratio in ratios:
+            print(f"{model} {runtime} batch {batch}: {ratio:.3f}x" + ("" if abs(ratio - 1) <= STEADY else "  (over 10 %)"))
+        off = [r for r in ratios if abs(r[3] - 1) > STEADY]
+        print(f"{len(ratios) - len(off)} of {len(ratios)} figures within 10 %")
+        return 1 if off else 0
     page = Path(args.docs)
     text = page.read_text(encoding="utf-8")
     for path in map(Path, args.reports):

@@ -587,7 +587,7 @@ class Worker:
 
 
 def prepare_model(name: str, *, image_size: Optional[int] = None, images_root: Optional[os.PathLike] = None,
-                  pretrained: bool = False, checkpoint: Optional[os.PathLike] = None, fit: int = 160,
+                  pretrained: bool = False, checkpoint: Optional[os.PathLike] = None, fit: int = 96,
                   verify_images: int = 128, seed: int = 0, batch_size: int = 16) -> Dict[str, Any]:
     """What every worker of ``name`` needs: the deploy model's weights, the verification images (the val
     split), the int8 calibration images (64 of the train split) and fp32 eager's logits on the verification
