@@ -51,11 +51,11 @@ def main(argv=None) -> int:
     text = page.read_text(encoding="utf-8")
     for path in map(Path, args.reports):
         stem = path.name[: -len(".json")]
-        block = re.compile(rf"(<!-- {re.escape(stem)}:start -->\n).*?(\n<!-- {re.escape(stem)}:end -->)", re.S)
+        block = re.compile(rf"(<!-- {re.escape(stem)}:start -->\n).*?(<!-- {re.escape(stem)}:end -->)", re.S)
         if not block.search(text):
             sys.exit(f"{page} has no <!-- {stem}:start --> ... <!-- {stem}:end --> block for {path}")
         body = table(json.loads(path.read_text(encoding="utf-8")))
-        text = block.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = block.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     page.write_text(text, encoding="utf-8")
     print(f"updated {page}")
     return 0
