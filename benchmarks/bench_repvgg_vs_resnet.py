@@ -29,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from repzoo.deploy import STEADY, Worker, spread  # noqa: E402
-from repzoo.machine import machine  # noqa: E402
+from repzoo.deploy import STEADY, Worker, spread
+from repzoo.machine import machine
 
 REPVGG = ["RepVGG-A0", "RepVGG-A1", "RepVGG-A2", "RepVGG-B0", "RepVGG-B1", "RepVGG-B1g4"]
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101"]

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         if not block.search(text):
             sys.exit(f"{page} has no <!-- {stem}:start --> ... <!-- {stem}:end --> block for {path}")
         body = table(json.loads(path.read_text(encoding="utf-8")))
-        text = block.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        text = block.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     page.write_text(text, encoding="utf-8")
     print(f"updated {page}")
     return 0

@@ -454,7 +454,7 @@ def fastest_deploy(model: nn.Module, images: Optional[torch.Tensor] = None, *,
                 fn = (paths or {}).get(name) or build_path(name, model, example=example, calibration=calibration,
                                                          workdir=work, threads=threads)
                 row["verification"] = verify(fn, reference, images, row["kind"], batch_size)
-            except Exception as e:  # a path that cannot be built or run is a failed path, not a crash
+            except Exception as e:  # noqa: BLE001  (a path that cannot be built or run is a failed path, not a crash)
                 row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
                 continue
             if row["verification"]["passed"]:
@@ -512,7 +512,7 @@ def _worker_main(spec: Dict[str, Any]) -> None:
             for _ in range(int(spec.get("warmup", 2))):
                 fn(images[:b])
         reply["build_seconds"] = time.perf_counter() - t
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (reported to the parent as a failed path)
         reply["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         print(json.dumps(dict(ready=reply)), flush=True)
         return
@@ -700,7 +700,7 @@ def bench_runtimes(models: Sequence[str], runtimes: Sequence[str] = RUNTIMES, *,
                     w.close()
         for rt, t in times.items():
             rows[rt]["batches"] = _summary(t)
-        for rt, row in rows.items():
+        for row in rows.values():
             for b, s in row.get("batches", {}).items():
                 base = rows["eager"].get("batches", {}).get(b)
                 s["vs_eager"] = s["images_per_s"] / base["images_per_s"] if base else None
