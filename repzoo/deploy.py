@@ -734,36 +734,36 @@ def machine_line(report: Dict[str, Any]) -> str:
 
 
 def markdown(report: Dict[str, Any]) -> str:
-    """The report as markdown: the machine line, then a table of one row per model and path (images/s at each
-    batch size, the ratio to fp32 eager, top-1 agreement and max relative error against fp32 eager, the spread
-    of the round medians), then the fastest verified path per model and batch size."""
+    """The report as markdown: the machine line, then per model a table of one row per path (top-1 agreement
+    and max relative error against fp32 eager, images/s at each batch size with the ratio to fp32 eager, the
+    largest spread of its round medians), then the fastest verified path per model and batch size."""
     sizes = report["settings"]["batch_sizes"]
-    head = ("| model | path | verified | top-1 agree | max rel err | "
-            + " | ".join(f"b{b} img/s | b{b} vs eager" for b in sizes) + " | spread |")
-    lines = [machine_line(report), "", head, "|---|---|---|---:|---:|" + "---:|---:|" * len(sizes) + "---:|"]
-    for r in report["rows"]:
-        v = r.get("verification") or {}
-        verdict = "yes" if v.get("passed") else ("no" if v else "-")
-        cells = []
-        for b in sizes:
-            s = r.get("batches", {}).get(str(b))
-            cells += [_num(s and s["images_per_s"], ".1f"), (_num(s and s["vs_eager"], ".2f") + "x") if s else "-"]
-        spreads = [s["spread"] for s in r.get("batches", {}).values()]
-        worst = max(spreads) if spreads else None
-        flag = "" if worst is None or worst <= STEADY else " (unsteady)"
-        note = f" ({r['error']})" if r.get("error") else ""
-        lines.append(f"| {r['model']} | {r['runtime']}{note} | {verdict} | {_pct(v.get('top1_agreement'))} "
-                     f"| {_num(v.get('max_rel_error'), '.1e')} | " + " | ".join(cells)
-                     + f" | {_pct(worst)}{flag} |")
+    lines = [machine_line(report)]
+    for model in dict.fromkeys(r["model"] for r in report["rows"]):
+        lines += ["", f"{model}:", "", "| path | verified | top-1 agree | max rel err | "
+                  + " | ".join(f"batch {b} img/s (x eager)" for b in sizes) + " | spread |",
+                  "|---|---|---:|---:|" + "---:|" * len(sizes) + "---:|"]
+        for r in (r for r in report["rows"] if r["model"] == model):
+            v = r.get("verification") or {}
+            verdict = "yes" if v.get("passed") else ("no" if v else "-")
+            cells = []
+            for b in sizes:
+                s = r.get("batches", {}).get(str(b))
+                cells.append(f"{s['images_per_s']:.1f} ({_num(s['vs_eager'], '.2f')}x)" if s else "-")
+            spreads = [s["spread"] for s in r.get("batches", {}).values()]
+            worst = max(spreads) if spreads else None
+            flag = "" if worst is None or worst <= STEADY else " (unsteady)"
+            note = f" ({r['error']})" if r.get("error") else ""
+            lines.append(f"| {r['runtime']}{note} | {verdict} | {_pct(v.get('top1_agreement'))} "
+                         f"| {_num(v.get('max_rel_error'), '.1e')} | " + " | ".join(cells) + f" | {_pct(worst)}{flag} |")
     fastest = report.get("fastest") or fastest_from(report)
-    lines += [""] + [f"Fastest verified path, {m}: " + ", ".join(f"batch {b}: {rt}" for b, rt in per.items())
-                     for m, per in fastest.items()]
-    for m in fastest:
-        line = _pytorch_vs_ort(report, m)
-        if line:
-            lines.append(line)
+    notes = [f"Fastest verified path, {m}: " + ", ".join(f"batch {b}: {rt}" for b, rt in per.items())
+             for m, per in fastest.items()]
+    notes += [line for line in (_pytorch_vs_ort(report, m) for m in fastest) if line]
     if not report.get("bf16", {}).get("available", True):
-        lines.append(f"No bf16 path: {report['bf16']['why']}.")
+        notes.append(f"No bf16 path: {report['bf16']['why']}.")
+    for note in notes:  # each its own paragraph
+        lines += ["", note]
     return "\n".join(lines)
 
 

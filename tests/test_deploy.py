@@ -212,7 +212,9 @@ def test_fastest_from_a_report_skips_failed_paths_and_the_table_flags_unsteady_f
     assert deploy.fastest_from(report) == {"M": {"1": "openvino", "16": "bf16"}}
     table = deploy.markdown(report)
     assert table.startswith("Measured on cpu (2 cores; flags: avx2)")
-    assert "| M | int8 | no | 50.0% |" in table and "30.0% (unsteady)" in table
+    assert "\nM:\n" in table and "| int8 | no | 50.0% | 1.0e-06 | 99.0 (9.90x) | 99.0 (4.95x) | 1.0% |" in table
+    assert "30.0% (unsteady)" in table
+    assert max(line.count("|") - 1 for line in table.splitlines() if line.startswith("|")) <= 7  # narrow
     assert "Fastest verified path, M: batch 1: openvino, batch 16: bf16" in table
     assert "No bf16 path: the CPU has no bf16 units." in table
     again = _report([_row("eager", True, 11, 20)])
