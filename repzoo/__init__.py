@@ -42,6 +42,7 @@ __all__ = [
     "StorageError",
     "InvalidArgumentError",
     "export",
+    "fastest_deploy",
     "save_for_hf",
     "__version__",
 ]
@@ -63,6 +64,15 @@ def export(model, path, format: str = "onnx", **kwargs):
     from .integrations.export import export as _export
 
     return _export(model, path, format=format, **kwargs)
+
+
+def fastest_deploy(model, images=None, **kwargs):
+    """The fastest deploy path of ``model`` that passes verification against fp32 eager on real ``images`` on
+    this machine, and the report that says which one it is: ``fn, report = repzoo.fastest_deploy(model, images)``
+    (see [repzoo.deploy.fastest_deploy][])."""
+    from .deploy import fastest_deploy as _fastest
+
+    return _fastest(model, images, **kwargs)
 
 
 def __getattr__(name: str):

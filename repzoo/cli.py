@@ -143,6 +143,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise RepZooError(f"No model matches {args.models!r}: `repzoo list` shows every name.")
     for name in names:
         check_image_size(name, args.image_size)
+    if args.runtimes or args.fastest:  # the deploy paths, verified, each timed in its own process
+        from .deploy import run_cli
+
+        return run_cli(args, names)
     report = run_bench(names, device=args.device, batch_size=args.batch_size, image_size=args.image_size,
                        bf16=args.bf16, channels_last=args.channels_last, threads=args.threads, repeats=args.repeats,
                        train=not args.no_train, load=not args.no_load, progress=not args.quiet)
@@ -364,15 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-key", default=None, help="the wrapper to read (model_ema, state_dict_ema, …)")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("export", help="export a model to ONNX, TorchScript or torch.export, checked before it is kept")
+    p = sub.add_parser("export", help="export a model to ONNX, TorchScript, torch.export or OpenVINO, checked before it is kept")
     p.add_argument("name")
-    p.add_argument("--format", choices=["onnx", "torchscript", "exported"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript", "exported", "openvino"], default="onnx")
     p.add_argument("--deploy", action="store_true", help="export the converted (plain) form")
     p.add_argument("--checkpoint", type=existing_file, default=None, help="weights to export (any supported format)")
     p.add_argument("--pretrained", action="store_true", help="the released weights")
     p.add_argument("--num-classes", type=non_negative_int, default=None,
                    help="classifier size (default: the checkpoint's own)")
-    p.add_argument("--output", default=None, help="default: <name>[-deploy].onnx / .pt / .pt2")
+    p.add_argument("--output", default=None, help="default: <name>[-deploy].onnx / .pt / .pt2 / .xml (+ .bin)")
     p.add_argument("--image-size", type=positive_int, default=None, help="example input size (default: the model's)")
     p.add_argument("--batch-size", type=positive_int, default=2)
     p.set_defaults(func=_cmd_export)
@@ -392,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", default=None, help="write the table here")
     p.add_argument("--plot", default=None, help="a PNG of released top-1 vs deploy images/s (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--runtimes", default=None, help="deploy paths to verify and time side by side (all: every one; "
+                   "eager,channels_last,compile,bf16,int8,onnxruntime,onnxruntime-int8,openvino)")
+    p.add_argument("--fastest", action="store_true", help="say which verified deploy path is fastest (all paths "
+                   "unless --runtimes)")
+    p.add_argument("--batch-sizes", default="1,16", help="with --runtimes / --fastest: batch sizes (default 1,16)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="with --runtimes: interleaved rounds")
+    p.add_argument("--checkpoint", type=existing_file, default=None, help="with --runtimes: trained weights")
+    p.add_argument("--images", type=existing_folder, default=None, help="with --runtimes: an image folder "
+                   "(<split>/<class>/...) to verify on (default: the digits)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="build, convert, verify and time a model (offline)")

@@ -69,18 +69,23 @@ def test_export_command(tmp_path, a0, capsys):
 def test_unknown_format_and_a_wrong_file_are_refused(tmp_path, a0, monkeypatch):
     with pytest.raises(RepZooError, match="Unknown export format"):
         repzoo.export(a0, tmp_path / "x.bin", format="tflite")
+    _off_by_a_bit(monkeypatch, "torchscript")
+    with pytest.raises(RepZooError, match="does not compute what the model does"):
+        repzoo.export(a0, tmp_path / "bad.pt", format="torchscript", input_size=(3, 64, 64))
+    assert list(tmp_path.iterdir()) == []  # nothing kept
+
+
+def _off_by_a_bit(monkeypatch, fmt):
+    """Make the exporter of ``fmt`` hand back a runner whose outputs are 0.1 % off."""
     import repzoo.integrations.export as ex
 
-    real = ex._EXPORTERS["torchscript"]
+    real = ex._EXPORTERS[fmt]
 
     def off_by_a_bit(model, x, path, dims, opset):
         run, c, n = real(model, x, path, dims, opset)
         return (lambda inp: run(inp) * 1.001), c, n
 
-    monkeypatch.setitem(ex._EXPORTERS, "torchscript", off_by_a_bit)
-    with pytest.raises(RepZooError, match="does not compute what the model does"):
-        repzoo.export(a0, tmp_path / "bad.pt", format="torchscript", input_size=(3, 64, 64))
-    assert list(tmp_path.iterdir()) == []  # nothing kept
+    monkeypatch.setitem(ex._EXPORTERS, fmt, off_by_a_bit)
 
 
 def _run_alone(path, fmt, x):
@@ -142,3 +147,41 @@ def test_onnx_weights_over_the_protobuf_limit_go_to_a_visible_companion_file(tmp
     monkeypatch.setattr(ex, "ONNX_INLINE_LIMIT", 2**31)
     report = repzoo.export(deploy, tmp_path / "big.onnx", input_size=(3, 64, 64))
     assert report.files == (tmp_path / "big.onnx",) and not data.exists()
+
+
+def test_openvino_export_round_trip_from_the_command(tmp_path, a0, capsys):
+    """`repzoo export --format openvino`: <name>.xml + <name>.bin, checked like ONNX (batch and size dynamic,
+    one conv per layer, no norm), and the pair, moved to another folder, runs in OpenVINO (f32) as the
+    train-time model does."""
+    ov = pytest.importorskip("openvino")
+    ckpt = tmp_path / "a0.pth"
+    torch.save({"model": a0.state_dict()}, ckpt)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    assert main(["export", "RepVGG-A0", "--deploy", "--checkpoint", str(ckpt), "--num-classes", "10",
+                 "--format", "openvino", "--image-size", "64", "--output", str(out_dir / "a0.xml")]) == 0
+    text = capsys.readouterr().out
+    assert "a0.bin" in text and "keep the files together" in text and "22 conv nodes for 22 conv layers" in text
+    assert "0 norm nodes" in text and "1x3x96x128" in text
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a0.bin", "a0.xml"]  # nothing hidden left beside them
+    moved = tmp_path / "moved"
+    shutil.copytree(out_dir, moved)
+    compiled = ov.Core().compile_model(str(moved / "a0.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.randn(3, 3, 72, 88)
+    with torch.no_grad():
+        ref = a0(x)
+    got = torch.from_numpy(compiled(x.numpy())[0])
+    assert ((got - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_openvino_export_refuses_a_bad_path_and_keeps_nothing_of_a_wrong_file(tmp_path, a0, monkeypatch):
+    pytest.importorskip("openvino")
+    deploy = repzoo.reparameterize(repzoo.create_model("RepVGG-A0", num_classes=10, checkpoint_path=a0.state_dict()))
+    with pytest.raises(RepZooError, match=r"ends in \.xml.*a0\.xml"):
+        repzoo.export(deploy, tmp_path / "a0.onnx", format="openvino")
+    with pytest.raises(RepZooError, match="does not exist"):
+        repzoo.export(deploy, tmp_path / "missing" / "a0.xml", format="openvino")
+    _off_by_a_bit(monkeypatch, "openvino")
+    with pytest.raises(RepZooError, match="does not compute what the model does"):
+        repzoo.export(deploy, tmp_path / "bad.xml", format="openvino", input_size=(3, 64, 64))
+    assert list(tmp_path.iterdir()) == []  # neither the .xml nor the .bin is kept

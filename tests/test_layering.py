@@ -13,7 +13,8 @@ PACKAGE = REPO_ROOT / "repzoo"
 
 #: Floors, top to bottom: a module may import its own floor (without cycles) and the floors below.
 FLOORS = [
-    ("repzoo", "repzoo.cli", "repzoo.cli_support", "repzoo.demo", "repzoo.bench", "repzoo.integrations"),
+    ("repzoo", "repzoo.cli", "repzoo.cli_support", "repzoo.demo", "repzoo.bench", "repzoo.deploy",
+     "repzoo.integrations"),
     ("repzoo.train",),
     ("repzoo.factory", "repzoo.catalog", "repzoo.optim", "repzoo.distributed"),
     ("repzoo.models",),

@@ -1,17 +1,19 @@
-"""Export a model — ONNX, TorchScript or ``torch.export`` — and prove the file computes what the model does.
+"""Export a model — ONNX, TorchScript, ``torch.export`` or OpenVINO — and prove the file computes what the model does.
 
     repzoo.export(model, "a0.onnx", format="onnx")        # or the CLI: repzoo export RepVGG-A0 --deploy
 
 Every file has a dynamic batch axis (and dynamic height and width where the family allows them).
 Before it is kept, the file is loaded back — ONNX with onnxruntime — and run on a batch of another
-size than the one it was exported with; the outputs must match PyTorch's to a relative error of
+size than the one it was exported with (OpenVINO's IR with OpenVINO Runtime on the CPU, in f32: its
+default there is bf16 where the CPU has bf16 units); the outputs must match PyTorch's to a relative error of
 ``rtol`` (1e-5, fp32). The report counts the graph's convolutions against the model's: a deploy
 model's graph has one per conv layer and no BatchNorm, so no branch is left.
 
 Every format is one self-contained file that can be copied alone. The one exception is an ONNX model
 whose weights do not fit protobuf's 2 GB limit: its weights then go to a visible ``<name>.onnx.data``
 beside it (named in the report), and the two are written together: nothing is moved into place before
-both are checked.
+both are checked. OpenVINO's IR is always two files, ``<name>.xml`` (the graph) and ``<name>.bin`` (the
+weights, uncompressed float32), written together the same way.
 """
 from __future__ import annotations
 
@@ -30,10 +32,10 @@ from ..errors import RepZooError
 from ..reparam import is_deploy
 from ..weights.files import storage_error, umask
 
-__all__ = ["FORMATS", "ONNX_INLINE_LIMIT", "ExportReport", "export"]
+__all__ = ["FORMATS", "ONNX_INLINE_LIMIT", "ExportReport", "export", "openvino_compile", "openvino_convert"]
 
 #: format -> the file suffix it is written with by default.
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported": ".pt2", "openvino": ".xml"}
 
 #: Weights up to this many bytes are stored inside the ``.onnx`` file (protobuf caps a message at 2 GiB;
 #: the margin leaves room for the graph); larger ones go to ``<name>.onnx.data`` beside it.
@@ -53,7 +55,8 @@ class ExportReport:
     conv_layers: int
     norm_nodes: Optional[int]
     deploy: bool
-    #: every file written: ``(path,)``, or ``(path, path + ".data")`` for an ONNX model over 2 GB
+    #: every file written: ``(path,)``, ``(path, path + ".data")`` for an ONNX model over 2 GB, or
+    #: ``(<name>.xml, <name>.bin)`` for OpenVINO
     files: tuple = ()
 
     def __str__(self) -> str:
@@ -62,7 +65,8 @@ class ExportReport:
         shapes = ", ".join("x".join(map(str, s)) for s in self.checked_shapes)
         extra = [f for f in self.files if f != self.path]
         form = f"{self.format}, {'deploy' if self.deploy else 'train-time'} form"
-        where = (f"{self.path} and its weights {', '.join(map(str, extra))} ({form}; the weights are over 2 GB: "
+        why = "the weights are over 2 GB: " if self.format == "onnx" else ""
+        where = (f"{self.path} and its weights {', '.join(map(str, extra))} ({form}; {why}"
                  "keep the files together in one folder)") if extra else f"{self.path} ({form}, one self-contained file)"
         return f"wrote {where}; {graph}; checked on inputs {shapes}: max relative error {self.max_rel_error:.1e}"
 
@@ -118,7 +122,42 @@ def _export_exported(model: nn.Module, x: torch.Tensor, path: pathlib.Path, dims
     return loaded.module(), convs, norms
 
 
-_EXPORTERS: dict = {"onnx": _export_onnx, "torchscript": _export_torchscript, "exported": _export_exported}
+def openvino_compile(model_or_path, threads: Optional[int] = None, precision: str = "f32"):
+    """An OpenVINO ``CompiledModel`` on the CPU from an ``ov.Model`` or an IR path, at ``precision`` (``"f32"``;
+    OpenVINO's own default on a CPU with bf16 units is bf16), latency hint, ``threads`` inference threads."""
+    ov = _needs("openvino", "openvino")
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return ov.Core().compile_model(model_or_path if not isinstance(model_or_path, pathlib.Path) else str(model_or_path),
+                                   "CPU", config)
+
+
+def openvino_convert(model: nn.Module, x: torch.Tensor, dims: dict):
+    """``openvino.convert_model`` of ``model`` traced on ``x``; the axes in ``dims`` dynamic."""
+    import warnings
+
+    ov = _needs("openvino", "openvino")
+    shape = ov.PartialShape([-1 if i in dims else n for i, n in enumerate(x.shape)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation notice (OpenVINO traces)
+        return ov.convert_model(model, example_input=x, input=[shape])
+
+
+def _export_openvino(model: nn.Module, x: torch.Tensor, path: pathlib.Path, dims: dict, opset):
+    ov = _needs("openvino", "openvino")
+    ov.save_model(openvino_convert(model, x, dims), str(path), compress_to_fp16=False)
+    compiled = openvino_compile(path)
+    graph = [op.get_type_name() for op in ov.Core().read_model(str(path)).get_ordered_ops()]
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(compiled(inp.numpy())[0].copy())
+
+    return run, graph.count("Convolution") + graph.count("GroupConvolution"), sum("BatchNorm" in op for op in graph)
+
+
+_EXPORTERS: dict = {"onnx": _export_onnx, "torchscript": _export_torchscript, "exported": _export_exported,
+                    "openvino": _export_openvino}
 
 
 def export(model: nn.Module, path: Union[str, os.PathLike], format: str = "onnx", *,
@@ -127,7 +166,8 @@ def export(model: nn.Module, path: Union[str, os.PathLike], format: str = "onnx"
     """Export ``model`` (eval mode, CPU, float32) to ``path`` and check the file before keeping it.
 
     Args:
-        format: ``"onnx"``, ``"torchscript"`` or ``"exported"`` (``torch.export``'s ``.pt2``).
+        format: ``"onnx"``, ``"torchscript"``, ``"exported"`` (``torch.export``'s ``.pt2``) or ``"openvino"``
+            (OpenVINO's IR: ``path`` ends in ``.xml``, the weights go to the ``.bin`` beside it).
         input_size: ``(C, H, W)`` of the example input (default: the model's ``pretrained_cfg``).
         batch_size: the example batch; the check runs another size too (the batch axis is dynamic).
         dynamic_spatial: dynamic height and width (default: what the model allows — every size for the
@@ -140,6 +180,9 @@ def export(model: nn.Module, path: Union[str, os.PathLike], format: str = "onnx"
     if format not in _EXPORTERS:
         raise RepZooError(f"Unknown export format {format!r}: use one of {', '.join(_EXPORTERS)}.")
     path = pathlib.Path(path)
+    if format == "openvino" and path.suffix != ".xml":
+        raise RepZooError(f"OpenVINO writes a graph <name>.xml and its weights <name>.bin: give a path that ends in "
+                          f".xml, not {path.name!r} (e.g. {path.with_suffix('.xml').name}).")
     if not path.parent.is_dir():
         raise RepZooError(f"The output folder {path.parent} does not exist: create it first.")
     model = model.eval().float().cpu()
@@ -162,15 +205,15 @@ def export(model: nn.Module, path: Union[str, os.PathLike], format: str = "onnx"
         if not worst <= rtol:
             raise RepZooError(f"The {format} export does not compute what the model does (max relative error "
                               f"{worst:.2e} > {rtol:g}); nothing was kept. Please report it.")
-    files = (path,) + tuple(path.parent / f.name for f in _companions(path))
+    files = (path,) + tuple(path.parent / f.name for f in _companions(path, format))
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     return ExportReport(path, format, tuple(x.shape), tuple(tuple(c.shape) for c in [x] + checks), worst,
                         conv_nodes, convs, norm_nodes, is_deploy(model), files)
 
 
-def _companions(path: pathlib.Path) -> list:
-    """The files an export keeps beside ``path``: ONNX's external weights, when there are any."""
-    data = path.with_name(path.name + ".data")
+def _companions(path: pathlib.Path, format: str = "onnx") -> list:
+    """The files an export keeps beside ``path``: ONNX's external weights, when there are any; OpenVINO's ``.bin``."""
+    data = path.with_suffix(".bin") if format == "openvino" else path.with_name(path.name + ".data")
     return [data] if data.is_file() else []
 
 
