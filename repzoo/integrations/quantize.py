@@ -347,9 +347,7 @@ class EquivalentKernelQAT(nn.Module):
         self.train_names = frozenset(block.form_names(False))
         twin = reparameterize(copy.deepcopy(block)).requires_grad_(False)
         self.__dict__["_twin"] = twin  # not a submodule: its tensors are passed in at each call
-        deploy_names = set(block.form_names(True))
-        self.weight_keys = tuple(f"{name}.weight" for name, m in twin.named_modules()
-                                 if isinstance(m, _LAYERS) and name.split(".", 1)[0] in deploy_names)
+        self.weight_keys = tuple(f"{name}.weight" for name, m in twin.named_modules() if isinstance(m, _LAYERS))
         self.fake_quant = True
 
     def equivalent(self) -> Dict[str, torch.Tensor]:
@@ -359,11 +357,11 @@ class EquivalentKernelQAT(nn.Module):
         return dict(self.block.fuse_state_dict(own))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tensors = self.equivalent()
+        shared = {k: v for k, v in _own_tensors(self.block).items() if k.split(".", 1)[0] not in self.train_names}
+        tensors = {**shared, **self.equivalent()}
         if self.fake_quant:
             tensors.update({k: fake_quant_weight(tensors[k]) for k in self.weight_keys})
-        shared = {k: v for k, v in _own_tensors(self.block).items() if k.split(".", 1)[0] not in self.train_names}
-        y = torch.func.functional_call(self._twin, {**shared, **tensors}, (x,), strict=True)
+        y = torch.func.functional_call(self._twin, tensors, (x,), strict=True)
         return self.activation_post_process(y)
 
 
@@ -431,6 +429,7 @@ class QATModel(nn.Module):
 
 
 def _wrap(module: nn.Module, backend: str) -> Tuple[nn.Module, int]:
+    """``module`` with its train-form blocks and its other convs / linears wrapped (in place), and the blocks' count."""
     if isinstance(module, ReparamBlock) and not module.deploy:
         if any(isinstance(m, ReparamBlock) for m in itertools.islice(module.modules(), 1, None)):
             raise RepZooError(f"{type(module).__name__} nests re-parameterizable blocks: quantization-aware training "
@@ -455,14 +454,14 @@ def prepare_equivalent_kernel_qat(model: nn.Module, backend: str = "x86") -> QAT
     if not isinstance(model, nn.Module):
         raise RepZooError(f"expected a torch.nn.Module (a repzoo model in train form), not {type(model).__name__}")
     _check_backend(backend)
+    if not any(isinstance(m, ReparamBlock) for m in model.modules()):
+        raise RepZooError(f"{type(model).__name__} has no re-parameterizable block: nothing to train through an "
+                          "equivalent kernel; quantize it with quantize_int8.")
     if is_deploy(model):
         raise RepZooError("the model is in deploy form: quantization-aware training through the equivalent kernel "
                           "needs the train form (create_model(name) without deploy=True, or the train checkpoint); a "
                           "deploy model is quantized with quantize_int8.")
-    copied, blocks = _wrap(copy.deepcopy(model), backend)
-    if blocks == 0:
-        raise RepZooError(f"{type(model).__name__} has no re-parameterizable block in train form: nothing to train "
-                          "through an equivalent kernel; quantize it with quantize_int8.")
+    copied, _ = _wrap(copy.deepcopy(model), backend)
     return QATModel(copied, _activation_fake_quant(backend))
 
 
