@@ -114,6 +114,12 @@ def test_fake_quant_weight_rounds_as_the_x86_int8_model_does(tiny):
     for name, layer in convs.items():
         float_weight = deploy.get_submodule(name).weight.detach()
         assert torch.equal(layer.weight().dequantize(), fake_quant_weight(float_weight)), name
+    per_tensor = quantize_int8(deploy, torch.randn(8, 3, 16, 16), per_channel=False)
+    for name in convs:
+        float_weight = deploy.get_submodule(name).weight.detach()
+        rounded = fake_quant_weight(float_weight, per_channel=False)
+        assert torch.equal(per_tensor.get_submodule(name).weight().dequantize(), rounded), name
+        assert len(torch.unique((rounded / (float_weight.abs().max() / 127.5)).round())) <= 256  # one step for all
 
 
 def _batches(n=6, size=16, seed=0):

@@ -300,14 +300,17 @@ def output_drift(reference: Outputs, quantized: Outputs, images: Optional[torch.
 # --------------------------------------------------------------------------- quantization-aware fine-tuning
 
 
-def fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` rounded to int8 and back as the x86 backend quantizes it (one symmetric ``qint8`` scale per output
-    channel, ``max |w| / 127.5`` in float32, as ``PerChannelMinMaxObserver`` sets it), with a straight-through
-    gradient: the backward pass sees the identity."""
+def fake_quant_weight(weight: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """``weight`` rounded to int8 and back as the x86 backend quantizes it: symmetric ``qint8`` with one scale per
+    output channel (``per_channel``, ``PerChannelMinMaxObserver``) or per tensor (``MinMaxObserver``), the scale
+    ``max |w| / 127.5`` in float32 as those observers set it; the gradient is straight-through (the identity)."""
+    eps = torch.finfo(torch.float32).eps
+    if not per_channel:
+        scale = _weight_scale(weight.detach().abs().max().float(), eps).item()
+        return torch.fake_quantize_per_tensor_affine(weight, scale, 0, -128, 127)
     amax = weight.detach().abs().flatten(1).amax(1).float()
-    scale = _weight_scale(amax, torch.finfo(torch.float32).eps)
     zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -128, 127)
+    return torch.fake_quantize_per_channel_affine(weight, _weight_scale(amax, eps), zero, 0, -128, 127)
 
 
 def _activation_fake_quant(backend: str) -> nn.Module:
@@ -337,7 +340,7 @@ class EquivalentKernelQAT(nn.Module):
     forward is the deploy block's, exactly, and the gradient reaches every branch's kernel and BN affine parameters.
     """
 
-    def __init__(self, block: ReparamBlock, activation_post_process: nn.Module):
+    def __init__(self, block: ReparamBlock, activation_post_process: nn.Module, per_channel: bool = True):
         super().__init__()
         if not isinstance(block, ReparamBlock) or block.deploy:
             raise RepZooError(f"EquivalentKernelQAT wraps a re-parameterizable block in train form, not "
@@ -348,7 +351,7 @@ class EquivalentKernelQAT(nn.Module):
         twin = reparameterize(copy.deepcopy(block)).requires_grad_(False)
         self.__dict__["_twin"] = twin  # not a submodule: its tensors are passed in at each call
         self.weight_keys = tuple(f"{name}.weight" for name, m in twin.named_modules() if isinstance(m, _LAYERS))
-        self.fake_quant = True
+        self.fake_quant, self.per_channel = True, per_channel
 
     def equivalent(self) -> Dict[str, torch.Tensor]:
         """The deploy tensors (``{"rbr_reparam.weight": K, "rbr_reparam.bias": b}`` for RepVGG), differentiable,
@@ -360,7 +363,7 @@ class EquivalentKernelQAT(nn.Module):
         shared = {k: v for k, v in _own_tensors(self.block).items() if k.split(".", 1)[0] not in self.train_names}
         tensors = {**shared, **self.equivalent()}
         if self.fake_quant:
-            tensors.update({k: fake_quant_weight(tensors[k]) for k in self.weight_keys})
+            tensors.update({k: fake_quant_weight(tensors[k], self.per_channel) for k in self.weight_keys})
         y = torch.func.functional_call(self._twin, tensors, (x,), strict=True)
         return self.activation_post_process(y)
 
@@ -369,12 +372,13 @@ class _FakeQuantLayer(nn.Module):
     """A conv or linear outside the blocks (the head): its weight rounded by :func:`fake_quant_weight`, its output
     fake-quantized."""
 
-    def __init__(self, layer: nn.Module, activation_post_process: nn.Module):
+    def __init__(self, layer: nn.Module, activation_post_process: nn.Module, per_channel: bool = True):
         super().__init__()
-        self.layer, self.activation_post_process, self.fake_quant = layer, activation_post_process, True
+        self.layer, self.activation_post_process = layer, activation_post_process
+        self.fake_quant, self.per_channel = True, per_channel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = fake_quant_weight(self.layer.weight) if self.fake_quant else self.layer.weight
+        w = fake_quant_weight(self.layer.weight, self.per_channel) if self.fake_quant else self.layer.weight
         if isinstance(self.layer, nn.Linear):
             y = nn.functional.linear(x, w, self.layer.bias)
         else:
@@ -428,29 +432,30 @@ class QATModel(nn.Module):
         return model.eval()
 
 
-def _wrap(module: nn.Module, backend: str) -> Tuple[nn.Module, int]:
+def _wrap(module: nn.Module, backend: str, per_channel: bool) -> Tuple[nn.Module, int]:
     """``module`` with its train-form blocks and its other convs / linears wrapped (in place), and the blocks' count."""
     if isinstance(module, ReparamBlock) and not module.deploy:
         if any(isinstance(m, ReparamBlock) for m in itertools.islice(module.modules(), 1, None)):
             raise RepZooError(f"{type(module).__name__} nests re-parameterizable blocks: quantization-aware training "
                               "through the equivalent kernel takes blocks whose deploy form is one conversion "
                               "(RepVGG, RepOpt-VGG); quantize this model's deploy form with quantize_int8.")
-        return EquivalentKernelQAT(module, _activation_fake_quant(backend)), 1
+        return EquivalentKernelQAT(module, _activation_fake_quant(backend), per_channel), 1
     if isinstance(module, _LAYERS) and getattr(module, "weight", None) is not None:
-        return _FakeQuantLayer(module, _activation_fake_quant(backend)), 0
+        return _FakeQuantLayer(module, _activation_fake_quant(backend), per_channel), 0
     blocks = 0
     for name, child in list(module.named_children()):
-        wrapped, n = _wrap(child, backend)
+        wrapped, n = _wrap(child, backend, per_channel)
         blocks += n
         if wrapped is not child:
             setattr(module, name, wrapped)
     return module, blocks
 
 
-def prepare_equivalent_kernel_qat(model: nn.Module, backend: str = "x86") -> QATModel:
+def prepare_equivalent_kernel_qat(model: nn.Module, backend: str = "x86", *, per_channel: bool = True) -> QATModel:
     """A copy of a train-form repzoo model ready for quantization-aware training through the equivalent kernel
-    (see :class:`EquivalentKernelQAT`); the argument is not changed. A deploy model, a model without a train-form
-    block, and blocks that nest blocks are refused (quantize those with :func:`quantize_int8`)."""
+    (see :class:`EquivalentKernelQAT`; ``per_channel=False`` rounds the weights with one scale per tensor, as
+    ``quantize_int8(..., per_channel=False)`` does); the argument is not changed. A deploy model, a model without a
+    re-parameterizable block, and blocks that nest blocks are refused (quantize those with :func:`quantize_int8`)."""
     if not isinstance(model, nn.Module):
         raise RepZooError(f"expected a torch.nn.Module (a repzoo model in train form), not {type(model).__name__}")
     _check_backend(backend)
@@ -461,18 +466,20 @@ def prepare_equivalent_kernel_qat(model: nn.Module, backend: str = "x86") -> QAT
         raise RepZooError("the model is in deploy form: quantization-aware training through the equivalent kernel "
                           "needs the train form (create_model(name) without deploy=True, or the train checkpoint); a "
                           "deploy model is quantized with quantize_int8.")
-    copied, _ = _wrap(copy.deepcopy(model), backend)
+    copied, _ = _wrap(copy.deepcopy(model), backend, per_channel)
     return QATModel(copied, _activation_fake_quant(backend))
 
 
 @dataclass
 class QATResult:
     """What :func:`quantize_aware_finetune` made: the int8 model, the float deploy model it was quantized from, the
-    fine-tuned train-form model, and the loss of each step."""
+    fine-tuned train-form model, the :class:`QATModel` it was trained as (fake-quantized forward, observers frozen),
+    and the loss of each step."""
 
     int8: torch.fx.GraphModule
     deploy: nn.Module
     train_form: nn.Module
+    qat: QATModel
     losses: List[float] = field(default_factory=list)
 
 
@@ -497,7 +504,7 @@ def quantize_aware_finetune(model: nn.Module, train_data: Iterable, *, epochs: i
                             lr: float = 0.005, momentum: float = 0.9, weight_decay: float = 0.0,
                             label_smoothing: float = 0.0, observe_fraction: float = 0.75,
                             calibration: Optional[Calibration] = None, calibration_images: int = 256,
-                            backend: str = "x86", progress: bool = False) -> QATResult:
+                            backend: str = "x86", per_channel: bool = True, progress: bool = False) -> QATResult:
     """Quantization-aware fine-tuning of a trained train-form model through its equivalent kernels, then int8.
 
     Args:
@@ -513,6 +520,8 @@ def quantize_aware_finetune(model: nn.Module, train_data: Iterable, *, epochs: i
         calibration: the images the int8 model's activation ranges are calibrated on (see
             :func:`quantize_int8`); by default the first ``calibration_images`` images of ``train_data``.
         backend: the quantized engine (``"x86"``).
+        per_channel: one weight scale per output channel (the x86 default); ``False``: one per tensor, in the
+            fine-tuning and in the int8 model.
 
     Returns:
         A :class:`QATResult`: the int8 model is :func:`quantize_int8` of the fine-tuned model's deploy form, whose
@@ -536,7 +545,7 @@ def quantize_aware_finetune(model: nn.Module, train_data: Iterable, *, epochs: i
     if per_epoch == 0:
         raise RepZooError("train_data holds no batch: pass a loader over the training images")
     total = min(epochs * per_epoch, steps or epochs * per_epoch) if per_epoch is not None else steps
-    qat = prepare_equivalent_kernel_qat(model, backend)
+    qat = prepare_equivalent_kernel_qat(model, backend, per_channel=per_channel)
     params = [p for p in qat.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / total)))
@@ -578,5 +587,5 @@ def quantize_aware_finetune(model: nn.Module, train_data: Iterable, *, epochs: i
         bar.close()
     trained = qat.float_model()
     deploy = reparameterize(copy.deepcopy(trained)).eval()
-    int8 = quantize_int8(deploy, calibration if calibration is not None else seen, backend)
-    return QATResult(int8=int8, deploy=deploy, train_form=trained, losses=losses)
+    int8 = quantize_int8(deploy, calibration if calibration is not None else seen, backend, per_channel=per_channel)
+    return QATResult(int8=int8, deploy=deploy, train_form=trained, qat=qat.set_observers(False).eval(), losses=losses)
