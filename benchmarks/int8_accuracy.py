@@ -10,8 +10,10 @@ For each model:
 1. fp32: ``repzoo.train.train`` with the family's recipe and the training guide's digits settings (32 px, warm-up 1,
    crop scale 0.85-1, no flip, label smoothing 0.1); a RepOpt target trains with its RepOptimizer and the released
    scales, as ``train`` does. The top-1 is the deploy form's (the best epoch's weights, converted) on ``val/``.
-2. PTQ: ``quantize_int8`` of the deploy form (torch.ao FX, x86 backend), calibrated on train images (eval transform).
-3. QAT: ``quantize_aware_finetune`` of the train form (fake-quant on the equivalent kernel, activations fake-quantized)
+2. PTQ: ``quantize_int8`` of the deploy form (torch.ao FX, x86 backend), calibrated on train images (eval transform);
+   also with one weight scale per tensor (``per_channel=False``), where the kernels' channel ranges matter.
+3. QAT: ``quantize_aware_finetune`` of the train form (fake-quant on the equivalent kernel, activations fake-quantized),
+   with per-channel weight scales (the x86 default) and with one scale per tensor,
    on the train images with the training augmentation, then converted and quantized.
 4. The deploy kernels' int8 friendliness (``weight_quant_error``, ``range_spread(kernel_ranges(...))``) and the int8 /
    fp32 eager speed of the deploy form at ``--speed-batch``.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -35,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import repzoo  # noqa: E402
-from repzoo.integrations.quantize import (kernel_ranges, logits, quantize_aware_finetune, quantize_int8,  # noqa: E402
+from repzoo.integrations.quantize import (activation_ranges, kernel_ranges, logits, quantize_aware_finetune, quantize_int8,  # noqa: E402
                                           range_spread, weight_quant_error)
 from repzoo.machine import machine  # noqa: E402
 from repzoo.train import train, write_digits_folder  # noqa: E402
@@ -44,7 +47,7 @@ from repzoo.train import train, write_digits_folder  # noqa: E402
 TRAIN = dict(image_size=32, warmup_epochs=1, scale=(0.85, 1.0), hflip=0.0, smoothing=0.1)
 LR = {"RepVGG-A0": 0.2, "RepOpt-VGG-B1": 0.1}
 #: fp32 epochs per model (``--epochs`` sets one for all): RepOpt-VGG-B1 is 20x RepVGG-A0's compute per image
-EPOCHS = {"RepVGG-A0": 12, "RepOpt-VGG-B1": 6}
+EPOCHS = {"RepVGG-A0": 24, "RepOpt-VGG-B1": 6}
 
 
 def _data(data: Path, name: str, batch_size: int, image_size: int, seed: int):
@@ -89,15 +92,20 @@ def images_per_second(models, x: torch.Tensor, repeats: int, warmup: int):
     return [x.shape[0] / statistics.median(r) for r in times]
 
 
-def _kernels(deploy) -> dict:
-    """Medians over the layers (max in ``*_max``) of the deploy kernels' int8 friendliness."""
+def _kernels(deploy, images: torch.Tensor) -> dict:
+    """Medians over the layers (max in ``*_max``) of the deploy kernels' and activations' int8 friendliness."""
+    acts = activation_ranges(deploy, images)
+    act = lambda key: [a[key] for a in acts.values()]  # noqa: E731
     err = weight_quant_error(deploy)
     spread = list(range_spread(kernel_ranges(deploy)).values())
     col = lambda key: [e[key] for e in err.values()]  # noqa: E731
     return dict(layers=len(err), channel_range_spread=statistics.median(spread), channel_range_spread_max=max(spread),
                 crest=statistics.median(col("crest")), weight_error_per_channel=statistics.median(col("per_channel")),
                 weight_error_per_tensor=statistics.median(col("per_tensor")),
-                weight_error_per_channel_max=max(col("per_channel")))
+                weight_error_per_channel_max=max(col("per_channel")),
+                activation_outlier_ratio=statistics.median(act("ratio")), activation_outlier_ratio_max=max(act("ratio")),
+                activation_channel_spread=statistics.median(act("channel_spread")),
+                activation_channel_spread_max=max(act("channel_spread")))
 
 
 def study(name: str, args, data: Path, runs: Path, log) -> dict:
@@ -115,26 +123,30 @@ def study(name: str, args, data: Path, runs: Path, log) -> dict:
     calibration = train_x[: args.calibration_images]
     deploy = repzoo.reparameterize(copy.deepcopy(model)).eval()
     row = dict(model=name, epochs=epochs, fp32_top1=top1(deploy, val_x, val_y), val_images=len(val_y),
-               train_seconds=summary["seconds"], calibration_images=len(calibration))
-    log(f"{name}: fp32 deploy top-1 {row['fp32_top1']:.2f} ({len(val_y)} val images; trained in "
-        f"{trained_s:.0f} s)")
+               train_call_seconds=summary["seconds"], calibration_images=len(calibration))
+    log(f"{name}: fp32 deploy top-1 {row['fp32_top1']:.2f} ({len(val_y)} val images; the training call took "
+        f"{trained_s:.0f} s: a finished run in --runs is reused)")
     ptq = quantize_int8(deploy, calibration)
     row["ptq_top1"] = top1(ptq, val_x, val_y)
     row["ptq_drop"] = row["fp32_top1"] - row["ptq_top1"]
     row["ptq_per_tensor_top1"] = top1(quantize_int8(deploy, calibration, per_channel=False), val_x, val_y)
     log(f"{name}: PTQ int8 top-1 {row['ptq_top1']:.2f} (drop {row['ptq_drop']:+.2f}); with per-tensor weight "
         f"scales {row['ptq_per_tensor_top1']:.2f}")
-    row["kernels"] = _kernels(deploy)
-    if name in args.qat_models:
-        t = time.perf_counter()
+    row["kernels"] = _kernels(deploy, calibration[:128])
+    for per_channel in (True, False) if name in args.qat_models else ():
+        t, key = time.perf_counter(), "qat" if per_channel else "qat_per_tensor"
+        torch.manual_seed(args.seed)  # the fine-tuning's augmentations, the same in every run
+        random.seed(args.seed)
         qat = quantize_aware_finetune(model, train_loader, epochs=args.qat_epochs, lr=args.qat_lr,
-                                      label_smoothing=TRAIN["smoothing"], calibration=calibration)
-        row.update(qat_top1=top1(qat.int8, val_x, val_y), qat_fp32_top1=top1(qat.deploy, val_x, val_y),
-                   qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, qat_seconds=time.perf_counter() - t,
-                   qat_kernels=_kernels(qat.deploy))
-        row["qat_drop"] = row["fp32_top1"] - row["qat_top1"]
-        log(f"{name}: QAT int8 top-1 {row['qat_top1']:.2f} (drop {row['qat_drop']:+.2f}; its float deploy "
-            f"{row['qat_fp32_top1']:.2f}; {row['qat_seconds']:.0f} s)")
+                                      label_smoothing=TRAIN["smoothing"], calibration=calibration,
+                                      per_channel=per_channel)
+        row.update({f"{key}_top1": top1(qat.int8, val_x, val_y), f"{key}_fp32_top1": top1(qat.deploy, val_x, val_y),
+                    f"{key}_fake_quant_top1": top1(qat.qat, val_x, val_y), f"{key}_seconds": time.perf_counter() - t,
+                    f"{key}_kernels": _kernels(qat.deploy, calibration[:128]), "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr})
+        row[f"{key}_drop"] = row["fp32_top1"] - row[f"{key}_top1"]
+        log(f"{name}: QAT{'' if per_channel else ' (per-tensor weights)'} int8 top-1 {row[key + '_top1']:.2f} (drop "
+            f"{row[key + '_drop']:+.2f}; its float deploy {row[key + '_fp32_top1']:.2f}, fake-quantized "
+            f"{row[key + '_fake_quant_top1']:.2f}; {row[key + '_seconds']:.0f} s)")
     if args.speed:
         x = torch.randn(args.speed_batch, 3, args.speed_size, args.speed_size)
         fp32_ips, int8_ips = images_per_second([deploy, ptq], x, args.repeats, args.warmup)
@@ -148,20 +160,23 @@ def study(name: str, args, data: Path, runs: Path, log) -> dict:
 def markdown(rows) -> str:
     f = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
     lines = ["| model | fp32 top-1 | PTQ top-1 | PTQ drop | QAT top-1 | QAT drop | int8 / fp32 speed "
-             "| PTQ, per-tensor weights |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| per-tensor weights: PTQ | QAT |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         speed = r.get("speed")
         lines.append(f"| {r['model']} | {f(r['fp32_top1'])} | {f(r['ptq_top1'])} | {f(r['ptq_drop'], '+.2f')} "
                      f"| {f(r.get('qat_top1'))} | {f(r.get('qat_drop'), '+.2f')} "
                      f"| {f(speed and speed['int8_over_fp32'])}{'x' if speed else ''} "
-                     f"| {f(r['ptq_per_tensor_top1'])} |")
+                     f"| {f(r['ptq_per_tensor_top1'])} | {f(r.get('qat_per_tensor_top1'))} |")
     lines += ["", "| model | layers | channel-range spread (max) | crest | int8 weight error per channel (max) "
-              "| per tensor |", "|---|---:|---:|---:|---:|---:|"]
+              "| per tensor | activations max / p99.99 (max) | activation channel spread (max) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         k = r["kernels"]
         lines.append(f"| {r['model']} | {k['layers']} | {k['channel_range_spread']:.1f} "
                      f"({k['channel_range_spread_max']:.1f}) | {k['crest']:.1f} | {k['weight_error_per_channel']:.3f} "
-                     f"({k['weight_error_per_channel_max']:.3f}) | {k['weight_error_per_tensor']:.3f} |")
+                     f"({k['weight_error_per_channel_max']:.3f}) | {k['weight_error_per_tensor']:.3f} "
+                     f"| {k['activation_outlier_ratio']:.2f} ({k['activation_outlier_ratio_max']:.2f}) "
+                     f"| {k['activation_channel_spread']:.1f} ({k['activation_channel_spread_max']:.1f}) |")
     return "\n".join(lines)
 
 
@@ -171,7 +186,7 @@ def parse_args(argv=None):
     p.add_argument("--qat-models", default="RepVGG-A0", help="the models that also get QAT")
     p.add_argument("--data", help="a digits image folder (default: written into --runs)")
     p.add_argument("--runs", help="where the training runs are kept (default: a temporary folder)")
-    p.add_argument("--epochs", type=int, default=None, help="fp32 training epochs (default: 12 for RepVGG-A0, 6 for "
+    p.add_argument("--epochs", type=int, default=None, help="fp32 training epochs (default: 24 for RepVGG-A0, 6 for "
                    "RepOpt-VGG-B1)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--qat-epochs", type=int, default=2)
