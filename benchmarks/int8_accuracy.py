@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import repzoo  # noqa: E402
-from repzoo.integrations.quantize import (activation_ranges, kernel_ranges, logits, quantize_aware_finetune, quantize_int8,  # noqa: E402
+from repzoo.integrations.quantize import (activation_ranges, int8_weights_only, kernel_ranges, logits, quantize_aware_finetune, quantize_int8,  # noqa: E402
                                           range_spread, weight_quant_error)
 from repzoo.machine import machine  # noqa: E402
 from repzoo.train import train, write_digits_folder  # noqa: E402
@@ -130,8 +130,10 @@ def study(name: str, args, data: Path, runs: Path, log) -> dict:
     row["ptq_top1"] = top1(ptq, val_x, val_y)
     row["ptq_drop"] = row["fp32_top1"] - row["ptq_top1"]
     row["ptq_per_tensor_top1"] = top1(quantize_int8(deploy, calibration, per_channel=False), val_x, val_y)
+    row["int8_weights_only_top1"] = top1(int8_weights_only(deploy), val_x, val_y)  # activations left in float
     log(f"{name}: PTQ int8 top-1 {row['ptq_top1']:.2f} (drop {row['ptq_drop']:+.2f}); with per-tensor weight "
-        f"scales {row['ptq_per_tensor_top1']:.2f}")
+        f"scales {row['ptq_per_tensor_top1']:.2f}; int8 weights alone (float activations) "
+        f"{row['int8_weights_only_top1']:.2f}")
     row["kernels"] = _kernels(deploy, calibration[:128])
     for per_channel in (True, False) if name in args.qat_models else ():
         t, key = time.perf_counter(), "qat" if per_channel else "qat_per_tensor"
@@ -160,13 +162,14 @@ def study(name: str, args, data: Path, runs: Path, log) -> dict:
 def markdown(rows) -> str:
     f = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
     lines = ["| model | fp32 top-1 | PTQ top-1 | PTQ drop | QAT top-1 | QAT drop | int8 / fp32 speed "
-             "| per-tensor weights: PTQ | QAT |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| per-tensor weights: PTQ | QAT | int8 weights alone |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         speed = r.get("speed")
         lines.append(f"| {r['model']} | {f(r['fp32_top1'])} | {f(r['ptq_top1'])} | {f(r['ptq_drop'], '+.2f')} "
                      f"| {f(r.get('qat_top1'))} | {f(r.get('qat_drop'), '+.2f')} "
                      f"| {f(speed and speed['int8_over_fp32'])}{'x' if speed else ''} "
-                     f"| {f(r['ptq_per_tensor_top1'])} | {f(r.get('qat_per_tensor_top1'))} |")
+                     f"| {f(r['ptq_per_tensor_top1'])} | {f(r.get('qat_per_tensor_top1'))} "
+                     f"| {f(r['int8_weights_only_top1'])} |")
     lines += ["", "| model | layers | channel-range spread (max) | crest | int8 weight error per channel (max) "
               "| per tensor | activations max / p99.99 (max) | activation channel spread (max) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
