@@ -160,24 +160,29 @@ def study(name: str, args, data: Path, runs: Path, log) -> dict:
 
 
 def markdown(rows) -> str:
+    """Three tables of one row per model (at most 7 columns each): top-1, speed, kernels and activations."""
     f = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
-    lines = ["| model | fp32 top-1 | PTQ top-1 | PTQ drop | QAT top-1 | QAT drop | int8 / fp32 speed "
-             "| per-tensor weights: PTQ | QAT | int8 weights alone |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    top = lambda r, key: f"{f(r[key + '_top1'])} ({f(-r[key + '_drop'], '+.2f')})" if key + "_top1" in r else "-"  # noqa: E731
+    lines = ["| model | fp32 top-1 | PTQ (vs fp32) | QAT (vs fp32) | per-tensor weights: PTQ | QAT | int8 weights alone |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        speed = r.get("speed")
-        lines.append(f"| {r['model']} | {f(r['fp32_top1'])} | {f(r['ptq_top1'])} | {f(r['ptq_drop'], '+.2f')} "
-                     f"| {f(r.get('qat_top1'))} | {f(r.get('qat_drop'), '+.2f')} "
-                     f"| {f(speed and speed['int8_over_fp32'])}{'x' if speed else ''} "
+        lines.append(f"| {r['model']} | {f(r['fp32_top1'])} | {top(r, 'ptq')} | {top(r, 'qat')} "
                      f"| {f(r['ptq_per_tensor_top1'])} | {f(r.get('qat_per_tensor_top1'))} "
                      f"| {f(r['int8_weights_only_top1'])} |")
-    lines += ["", "| model | layers | channel-range spread (max) | crest | int8 weight error per channel (max) "
-              "| per tensor | activations max / p99.99 (max) | activation channel spread (max) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    speeds = [r for r in rows if r.get("speed")]
+    if speeds:
+        sp = speeds[0]["speed"]
+        lines += ["", f"| model | fp32 eager img/s | int8 img/s | int8 / fp32 ({sp['size']} px, batch {sp['batch']}) |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {r['model']} | {r['speed']['fp32_images_per_s']:.1f} | {r['speed']['int8_images_per_s']:.1f} "
+                  f"| {r['speed']['int8_over_fp32']:.2f}x |" for r in speeds]
+    lines += ["", "| model | channel-range spread (max) | crest | weight error per channel (max) | per tensor "
+              "| activations max / p99.99 (max) | activation channel spread (max) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         k = r["kernels"]
-        lines.append(f"| {r['model']} | {k['layers']} | {k['channel_range_spread']:.1f} "
-                     f"({k['channel_range_spread_max']:.1f}) | {k['crest']:.1f} | {k['weight_error_per_channel']:.3f} "
-                     f"({k['weight_error_per_channel_max']:.3f}) | {k['weight_error_per_tensor']:.3f} "
+        lines.append(f"| {r['model']} | {k['channel_range_spread']:.1f} ({k['channel_range_spread_max']:.1f}) "
+                     f"| {k['crest']:.1f} | {k['weight_error_per_channel']:.3f} ({k['weight_error_per_channel_max']:.3f}) "
+                     f"| {k['weight_error_per_tensor']:.3f} "
                      f"| {k['activation_outlier_ratio']:.2f} ({k['activation_outlier_ratio_max']:.2f}) "
                      f"| {k['activation_channel_spread']:.1f} ({k['activation_channel_spread_max']:.1f}) |")
     return "\n".join(lines)
