@@ -37,11 +37,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import repzoo  # noqa: E402
-from repzoo.integrations.quantize import (activation_ranges, int8_weights_only, kernel_ranges, logits, quantize_aware_finetune, quantize_int8,  # noqa: E402
+import repzoo
+from repzoo.integrations.quantize import (activation_ranges, int8_weights_only, kernel_ranges, logits,
+                                          quantize_aware_finetune, quantize_int8,
                                           range_spread, weight_quant_error)
-from repzoo.machine import machine  # noqa: E402
-from repzoo.train import train, write_digits_folder  # noqa: E402
+from repzoo.machine import machine
+from repzoo.train import train, write_digits_folder
 
 #: the training guide's digits settings (docs/guides/training.md), learning rate per model
 TRAIN = dict(image_size=32, warmup_epochs=1, scale=(0.85, 1.0), hflip=0.0, smoothing=0.1)
@@ -103,7 +104,8 @@ def _kernels(deploy, images: torch.Tensor) -> dict:
                 crest=statistics.median(col("crest")), weight_error_per_channel=statistics.median(col("per_channel")),
                 weight_error_per_tensor=statistics.median(col("per_tensor")),
                 weight_error_per_channel_max=max(col("per_channel")),
-                activation_outlier_ratio=statistics.median(act("ratio")), activation_outlier_ratio_max=max(act("ratio")),
+                activation_outlier_ratio=statistics.median(act("ratio")),
+                activation_outlier_ratio_max=max(act("ratio")),
                 activation_channel_spread=statistics.median(act("channel_spread")),
                 activation_channel_spread_max=max(act("channel_spread")))
 
@@ -144,7 +146,8 @@ def study(name: str, args, data: Path, runs: Path, log) -> dict:
                                       per_channel=per_channel)
         row.update({f"{key}_top1": top1(qat.int8, val_x, val_y), f"{key}_fp32_top1": top1(qat.deploy, val_x, val_y),
                     f"{key}_fake_quant_top1": top1(qat.qat, val_x, val_y), f"{key}_seconds": time.perf_counter() - t,
-                    f"{key}_kernels": _kernels(qat.deploy, calibration[:128]), "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr})
+                    f"{key}_kernels": _kernels(qat.deploy, calibration[:128]), "qat_epochs": args.qat_epochs,
+                    "qat_lr": args.qat_lr})
         row[f"{key}_drop"] = row["fp32_top1"] - row[f"{key}_top1"]
         log(f"{name}: QAT{'' if per_channel else ' (per-tensor weights)'} int8 top-1 {row[key + '_top1']:.2f} (drop "
             f"{row[key + '_drop']:+.2f}; its float deploy {row[key + '_fp32_top1']:.2f}, fake-quantized "
@@ -163,7 +166,8 @@ def markdown(rows) -> str:
     """Three tables of one row per model (at most 7 columns each): top-1, speed, kernels and activations."""
     f = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
     top = lambda r, key: f"{f(r[key + '_top1'])} ({f(-r[key + '_drop'], '+.2f')})" if key + "_top1" in r else "-"  # noqa: E731
-    lines = ["| model | fp32 top-1 | PTQ (vs fp32) | QAT (vs fp32) | per-tensor weights: PTQ | QAT | int8 weights alone |",
+    lines = ["| model | fp32 top-1 | PTQ (vs fp32) | QAT (vs fp32) | per-tensor weights: PTQ | QAT "
+             "| int8 weights alone |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {f(r['fp32_top1'])} | {top(r, 'ptq')} | {top(r, 'qat')} "
@@ -177,11 +181,13 @@ def markdown(rows) -> str:
         lines += [f"| {r['model']} | {r['speed']['fp32_images_per_s']:.1f} | {r['speed']['int8_images_per_s']:.1f} "
                   f"| {r['speed']['int8_over_fp32']:.2f}x |" for r in speeds]
     lines += ["", "| model | channel-range spread (max) | crest | weight error per channel (max) | per tensor "
-              "| activations max / p99.99 (max) | activation channel spread (max) |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| activations max / p99.99 (max) | activation channel spread (max) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         k = r["kernels"]
         lines.append(f"| {r['model']} | {k['channel_range_spread']:.1f} ({k['channel_range_spread_max']:.1f}) "
-                     f"| {k['crest']:.1f} | {k['weight_error_per_channel']:.3f} ({k['weight_error_per_channel_max']:.3f}) "
+                     f"| {k['crest']:.1f} | {k['weight_error_per_channel']:.3f} "
+                     f"({k['weight_error_per_channel_max']:.3f}) "
                      f"| {k['weight_error_per_tensor']:.3f} "
                      f"| {k['activation_outlier_ratio']:.2f} ({k['activation_outlier_ratio_max']:.2f}) "
                      f"| {k['activation_channel_spread']:.1f} ({k['activation_channel_spread_max']:.1f}) |")

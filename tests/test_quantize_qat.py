@@ -1,6 +1,7 @@
 """Quantization-aware fine-tuning through the equivalent kernel (repzoo.integrations.quantize): the fused kernel it
 trains through is the conversion's, in float64; its rounding is the x86 backend's; a few steps give an int8 model
-close to its float twin; bad input is refused. The heavy tier runs a short digits study (benchmarks/int8_accuracy.py)."""
+close to its float twin; bad input is refused. The heavy tier runs a short digits study
+(benchmarks/int8_accuracy.py)."""
 import copy
 import json
 import subprocess

@@ -334,9 +334,11 @@ class EquivalentKernelQAT(nn.Module):
 
     Each forward computes the block's deploy tensors from its live branch tensors with the block's own conversion
     (``block.fuse_state_dict``: BN folded with its running statistics, the branches summed, as
-    :func:`repzoo.reparameterize` does), rounds each deploy conv / linear weight with :func:`fake_quant_weight`, runs
-    the block's deploy form with them (``torch.func.functional_call`` on a deploy twin that holds no parameters of
-    its own) and fake-quantizes the output (``activation_post_process``). The BNs' statistics stay frozen: the
+    [repzoo.reparameterize][repzoo.reparam.reparameterize] does), rounds every conv / linear weight of the deploy
+    block (its fused kernel, and an SE's convs) with
+    [fake_quant_weight][repzoo.integrations.quantize.fake_quant_weight], runs the block's deploy form with them
+    (``torch.func.functional_call`` on a deploy twin that holds no parameters of its own) and fake-quantizes the
+    output (``activation_post_process``). The BNs' statistics stay frozen: the
     forward is the deploy block's, exactly, and the gradient reaches every branch's kernel and BN affine parameters.
     """
 
@@ -369,7 +371,7 @@ class EquivalentKernelQAT(nn.Module):
 
 
 class _FakeQuantLayer(nn.Module):
-    """A conv or linear outside the blocks (the head): its weight rounded by :func:`fake_quant_weight`, its output
+    """A conv or linear outside the blocks (the head): its weight rounded by ``fake_quant_weight``, its output
     fake-quantized."""
 
     def __init__(self, layer: nn.Module, activation_post_process: nn.Module, per_channel: bool = True):
@@ -387,9 +389,11 @@ class _FakeQuantLayer(nn.Module):
 
 
 class QATModel(nn.Module):
-    """A train-form model prepared for quantization-aware training by :func:`prepare_equivalent_kernel_qat`: the
-    input fake-quantized, every block an :class:`EquivalentKernelQAT`, every other conv / linear a fake-quantized
-    layer. :meth:`float_model` gives the train-form model back, with the trained tensors."""
+    """A train-form model prepared for quantization-aware training by
+    [prepare_equivalent_kernel_qat][repzoo.integrations.quantize.prepare_equivalent_kernel_qat]: the input
+    fake-quantized, every block an [EquivalentKernelQAT][repzoo.integrations.quantize.EquivalentKernelQAT], every other
+    conv / linear a fake-quantized layer. ``float_model()`` gives the train-form model back, with the trained
+    tensors."""
 
     def __init__(self, model: nn.Module, input_quant: nn.Module):
         super().__init__()
@@ -399,7 +403,7 @@ class QATModel(nn.Module):
         return self.model(self.input_quant(x))
 
     def quantized_modules(self) -> List[nn.Module]:
-        """The :class:`EquivalentKernelQAT` blocks and fake-quantized layers, in order."""
+        """The ``EquivalentKernelQAT`` blocks and fake-quantized layers, in order."""
         return [m for m in self.model.modules() if isinstance(m, (EquivalentKernelQAT, _FakeQuantLayer))]
 
     def set_fake_quant(self, enabled: bool) -> "QATModel":
@@ -453,9 +457,10 @@ def _wrap(module: nn.Module, backend: str, per_channel: bool) -> Tuple[nn.Module
 
 def prepare_equivalent_kernel_qat(model: nn.Module, backend: str = "x86", *, per_channel: bool = True) -> QATModel:
     """A copy of a train-form repzoo model ready for quantization-aware training through the equivalent kernel
-    (see :class:`EquivalentKernelQAT`; ``per_channel=False`` rounds the weights with one scale per tensor, as
-    ``quantize_int8(..., per_channel=False)`` does); the argument is not changed. A deploy model, a model without a
-    re-parameterizable block, and blocks that nest blocks are refused (quantize those with :func:`quantize_int8`)."""
+    (see [EquivalentKernelQAT][repzoo.integrations.quantize.EquivalentKernelQAT]; ``per_channel=False`` rounds the
+    weights with one scale per tensor, as ``quantize_int8(..., per_channel=False)`` does); the argument is not
+    changed. A deploy model, a model without a re-parameterizable block, and blocks that nest blocks are refused
+    (quantize those with [quantize_int8][repzoo.integrations.quantize.quantize_int8])."""
     if not isinstance(model, nn.Module):
         raise RepZooError(f"expected a torch.nn.Module (a repzoo model in train form), not {type(model).__name__}")
     _check_backend(backend)
@@ -472,8 +477,9 @@ def prepare_equivalent_kernel_qat(model: nn.Module, backend: str = "x86", *, per
 
 @dataclass
 class QATResult:
-    """What :func:`quantize_aware_finetune` made: the int8 model, the float deploy model it was quantized from, the
-    fine-tuned train-form model, the :class:`QATModel` it was trained as (fake-quantized forward, observers frozen),
+    """What [quantize_aware_finetune][repzoo.integrations.quantize.quantize_aware_finetune] made: the int8 model, the
+    float deploy model it was quantized from, the fine-tuned train-form model, the
+    [QATModel][repzoo.integrations.quantize.QATModel] it was trained as (fake-quantized forward, observers frozen),
     and the loss of each step."""
 
     int8: torch.fx.GraphModule
@@ -484,7 +490,8 @@ class QATResult:
 
 
 def _labelled(batch) -> Tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not all(isinstance(t, torch.Tensor) for t in batch[:2]):
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not all(isinstance(t, torch.Tensor)
+                                                                          for t in batch[:2]):
         raise RepZooError("the training data must yield (images, labels) batches of tensors (a DataLoader over an "
                           f"image folder does); got {type(batch).__name__}")
     x, y = batch[0], batch[1]
@@ -518,17 +525,19 @@ def quantize_aware_finetune(model: nn.Module, train_data: Iterable, *, epochs: i
         observe_fraction: the share of the steps during which the activation observers move; the activation
             ranges are frozen for the rest.
         calibration: the images the int8 model's activation ranges are calibrated on (see
-            :func:`quantize_int8`); by default the first ``calibration_images`` images of ``train_data``.
+            [quantize_int8][repzoo.integrations.quantize.quantize_int8]); by default the first
+            ``calibration_images`` images of ``train_data``.
         backend: the quantized engine (``"x86"``).
         per_channel: one weight scale per output channel (the x86 default); ``False``: one per tensor, in the
             fine-tuning and in the int8 model.
 
     Returns:
-        A :class:`QATResult`: the int8 model is :func:`quantize_int8` of the fine-tuned model's deploy form, whose
-        int8 weights are exactly the ones the fine-tuning rounded to (per-channel min / max scales); the activation
-        scales are calibrated again on ``calibration``.
+        A [QATResult][repzoo.integrations.quantize.QATResult]: the int8 model is ``quantize_int8`` of the fine-tuned
+        model's deploy form, whose int8 weights are exactly the ones the fine-tuning rounded to (min / max scales);
+        the activation scales are calibrated again on ``calibration``.
     """
-    if not (isinstance(epochs, int) and epochs >= 1) or (steps is not None and not (isinstance(steps, int) and steps >= 1)):
+    positive = lambda n: isinstance(n, int) and n >= 1  # noqa: E731
+    if not positive(epochs) or (steps is not None and not positive(steps)):
         raise RepZooError(f"epochs and steps must be positive integers, not epochs={epochs!r}, steps={steps!r}")
     if not lr > 0 or not 0 <= observe_fraction <= 1:
         raise RepZooError(f"lr must be positive and observe_fraction in [0, 1]; got lr={lr}, "
