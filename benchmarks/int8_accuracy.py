@@ -137,7 +137,7 @@ def study(name: str, args, data: Path, runs: Path, log) -> dict:
         f"scales {row['ptq_per_tensor_top1']:.2f}; int8 weights alone (float activations) "
         f"{row['int8_weights_only_top1']:.2f}")
     row["kernels"] = _kernels(deploy, calibration[:128])
-    for per_channel in (True, False) if name in args.qat_models else ():
+    for per_channel in ((True, False) if args.qat_per_tensor else (True,)) if name in args.qat_models else ():
         t, key = time.perf_counter(), "qat" if per_channel else "qat_per_tensor"
         torch.manual_seed(args.seed)  # the fine-tuning's augmentations, the same in every run
         random.seed(args.seed)
@@ -204,6 +204,8 @@ def parse_args(argv=None):
                    "RepOpt-VGG-B1)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--qat-per-tensor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also fine-tune and quantize with one weight scale per tensor")
     p.add_argument("--qat-lr", type=float, default=0.005)
     p.add_argument("--calibration-images", type=int, default=512)
     p.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
