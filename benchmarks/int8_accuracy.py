@@ -235,7 +235,8 @@ def main(argv=None) -> int:
             write_digits_folder(data)
         rows = [study(name, args, data, runs, lambda s: print(s, flush=True)) for name in args.models]
     report = dict(machine=machine(), contended_note="measured on a shared machine unless stated otherwise",
-                  settings={k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
+                  settings={k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()
+                            if k not in ("json", "runs", "data")},  # no local paths in a committed report
                   train_settings={**TRAIN, "lr": LR, "epochs": EPOCHS}, rows=rows, seconds=time.perf_counter() - t0)
     m = report["machine"]
     print(f"\n{m['cpu']} ({m['cores']} cores, {m['threads']} threads, {' '.join(m['flags'])}), torch {m['torch']}; "
