@@ -181,19 +181,21 @@ def test_bad_models_and_data_are_refused(tiny):
 
 @pytest.mark.heavy
 def test_a_short_digits_study_keeps_int8_near_fp32(tmp_path):
-    """benchmarks/int8_accuracy.py, shortened (RepVGG-A0, 5 epochs, one QAT epoch, no timing; about 2 minutes on two
-    quiet cores): on the digits' 359 val images, PTQ and QAT int8 stay within 2 points (7 images) of the fp32 deploy
-    model, which reaches 90 %."""
+    """benchmarks/int8_accuracy.py, shortened (RepVGG-A0, 5 epochs, the default 2 QAT epochs, per-channel only, no
+    timing; about 4 minutes on two quiet cores, 10 contended): the fp32 deploy model reaches 90 % on the digits' 359 val
+    images, PTQ loses accuracy there (measured once: 94.43 -> 87.74, the int8 weights alone keep it) and QAT through
+    the equivalent kernel brings int8 back to within 2 points (measured: 93.59)."""
     out = tmp_path / "int8_accuracy.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--models", "RepVGG-A0", "--qat-models", "RepVGG-A0",
-                           "--epochs", "5", "--qat-epochs", "1", "--no-qat-per-tensor", "--calibration-images", "256",
+                           "--epochs", "5", "--no-qat-per-tensor", "--calibration-images", "256",
                            "--no-speed", "--runs", str(tmp_path / "runs"), "--json", str(out)],
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     row = json.loads(out.read_text())["rows"][0]
     assert row["val_images"] == 359 and row["fp32_top1"] >= 90.0, row
-    assert abs(row["ptq_drop"]) <= 2.0 and abs(row["qat_drop"]) <= 2.0, row
-    assert "qat_per_tensor_top1" not in row and row["int8_weights_only_top1"] >= 88.0
+    assert row["qat_drop"] <= 2.0 and row["qat_top1"] > row["ptq_top1"], row
+    assert row["int8_weights_only_top1"] >= row["fp32_top1"] - 1.0, row
+    assert "qat_per_tensor_top1" not in row
     assert row["kernels"]["layers"] == 23 and "| RepVGG-A0 |" in done.stdout
 
 
