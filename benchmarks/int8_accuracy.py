@@ -57,6 +57,7 @@ def _data(data: Path, name: str, batch_size: int, image_size: int, seed: int):
     from timm.data import resolve_data_config
 
     from repzoo.train.data import class_indices, scan_image_folder
+    from repzoo.train.engine import Engine
     from repzoo.train.loop import _loaders
     from repzoo.train.recipes import default_recipe, get_recipe
 
@@ -64,11 +65,12 @@ def _data(data: Path, name: str, batch_size: int, image_size: int, seed: int):
     cfg = resolve_data_config({}, model=repzoo.create_model(name, num_classes=len(index.classes)))
     recipe = get_recipe(default_recipe(name), **{k: v for k, v in TRAIN.items() if k != "image_size"})
     mapping = class_indices(index, len(index.classes))
-    train_loader, val_loader = _loaders(index, val_index, mapping, cfg, recipe, batch_size, 0, image_size, False, seed)
-    _, train_eval_loader = _loaders(index, index, mapping, cfg, recipe, batch_size, 0, image_size, False, seed)
+    engine = Engine(device="cpu")  # one process; the loaders' shuffle is seeded by the sampler (seed 0)
+    train_loader, val_loader = _loaders(index, val_index, mapping, cfg, recipe, batch_size, 0, image_size, False, engine)
+    _, train_eval_loader = _loaders(index, index, mapping, cfg, recipe, batch_size, 0, image_size, False, engine)
 
     def tensors(loader):
-        xs, ys = zip(*[(x[ok], y[ok]) for x, y, ok in loader])
+        xs, ys = zip(*[(x[ok], y[ok]) for x, y, ok, *_ in loader])
         return torch.cat(xs), torch.cat(ys)
 
     return train_loader, tensors(val_loader), tensors(train_eval_loader)

@@ -47,6 +47,7 @@ def test_peak_memory_counts_what_is_live_at_once():
     assert peak == dict(peak_bytes=14 * mib, held_before_bytes=4 * mib)
 
 
+@pytest.mark.heavy  # the same timed runs as above (the default tier checks the written markdown below)
 def test_markdown_names_the_machine_and_has_a_row_per_model(report):
     table = markdown(report).splitlines()
     assert table[0].startswith("Measured on ") and "torch" in table[0]
