@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import repzoo
 from repzoo.bench import interleaved_images_per_second, machine
+from repzoo.deploy import data_statistics
 from repzoo.integrations.quantize import (
     activation_ranges, int8_layers, int8_weights_only, kernel_ranges, logits, output_drift, quantize_int8,
     range_spread, weight_quant_error)
@@ -104,22 +105,6 @@ def _random_bn_affine(model: nn.Module, g: torch.Generator) -> None:
             m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
 
 
-@torch.no_grad()
-def _bn_statistics(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
-    """Every BN's running statistics from ``images`` (cumulative averages of batch statistics)."""
-    model.eval()
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    for batch in images.split(max(batch_size, 16)):
-        model(batch)
-    for m in bns:
-        m.momentum = 0.1
-    model.eval()
-
-
 def _family(name: str) -> str:
     return repzoo.get_model_entry(name).family
 
@@ -136,7 +121,7 @@ def build_model(name: str, pretrained: bool, fit_images: torch.Tensor, seed: int
     else:
         _random_bn_affine(model, torch.Generator().manual_seed(seed + 1))
         how = "random BN affine parameters; BN statistics from the fit images"
-    _bn_statistics(model, fit_images, batch_size)
+    data_statistics(model, fit_images, batch_size)
     return repzoo.reparameterize(model).eval(), how
 
 
