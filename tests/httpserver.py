@@ -62,7 +62,7 @@ def file_response(req: Request, data: bytes, *, headers: Optional[Mapping[str, s
     """Serve ``data`` the way a static file server does: 200, or 206 for ``Range: bytes=N-[M]``.
 
     A strong ``ETag`` (a hash of ``data``, unless ``etag`` gives another or None for none) is sent, and
-    a range whose ``If-Range`` does not match it gets the whole file (RFC 9110 §13.1.5).
+    a range whose ``If-Range`` does not match it gets the whole file (RFC 9110, section 13.1.5).
     """
     tag = f'"{hashlib.sha1(data).hexdigest()}"' if etag == "auto" else etag
     hdrs = {"Content-Type": content_type, "Accept-Ranges": "bytes" if ranges else "none",

