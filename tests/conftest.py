@@ -22,6 +22,9 @@ from repzoo.demo import randomize_bn  # noqa: F401  (the tests' one way to give 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist: the cores shared among the workers, not each
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def _keep_jit_builtins_alive() -> None:
     """torch's TorchScript frontend knows its builtin ops by ``id()`` (``torch.jit._builtins``); when torch.ao

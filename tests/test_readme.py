@@ -39,7 +39,7 @@ def test_readme_set_up_commands_are_the_ci_commands():
     ci = [line for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith(("#", "set ", "cd "))]
     assert ci == ['python3 -m pip install -q -c constraints.txt -e ".[test]"', "python3 -m pytest -q",
-                  "python3 -m pytest -q -m heavy"]
+                  "python3 -m pytest -q -m heavy -n 0"]
     set_up = README.split("## Set up")[1].split("\n## ")[0]
     bash_blocks = re.findall(r"```bash\n(.*?)```", set_up, flags=re.S)
     assert len(bash_blocks) == 2

@@ -217,11 +217,11 @@ def test_the_guides_recipe_table_is_the_recipes():
 
 
 @pytest.mark.heavy
-def test_the_guides_commands_reach_96_percent_on_digits(tmp_path, monkeypatch, capsys):
+def test_the_guides_commands_reach_97_percent_on_digits(tmp_path, monkeypatch, capsys):
     """docs/guides/training.md run as written: RepVGG-A0 and the RepOpt pipeline (Hyper-Search, then the target
-    with its RepOptimizer) each reach >= 96 % val top-1 on the digits; the deploy file validates alike. Measured on
-    two quiet cores with each image's augmentation seeded by (epoch, image): 96.66 % for both (A0 in 78 s); the
-    issue's 97 % is not reached by these 12-epoch commands (20 epochs: 96.94 %)."""
+    with its RepOptimizer) each reach >= 97 % val top-1 on the digits; the deploy file validates alike. Measured on
+    two quiet cores: A0 98.05 % in 72 s (seeds 1 and 2 of the same command: 98.05 %, 97.21 %), the RepOpt-GhostNet
+    pipeline 98.33 % (Hyper-Search 33 s, target 58 s)."""
     from conftest import run_shell_commands
 
     monkeypatch.chdir(tmp_path)
@@ -229,7 +229,7 @@ def test_the_guides_commands_reach_96_percent_on_digits(tmp_path, monkeypatch, c
     out = capsys.readouterr().out
     a0 = json.loads((tmp_path / "runs/a0/summary.json").read_text())
     target = json.loads((tmp_path / "runs/target/summary.json").read_text())
-    assert a0["best_top1"] >= 96.0 and target["best_top1"] >= 96.0, (a0["best_top1"], target["best_top1"])
+    assert a0["best_top1"] >= 97.0 and target["best_top1"] >= 97.0, (a0["best_top1"], target["best_top1"])
     assert a0["deploy_top1"] == pytest.approx(a0["best_top1"])
     assert f"top-1 {a0['deploy_top1']:.2f}" in out  # the validate command on the deploy file agrees
 
