@@ -256,20 +256,17 @@ def _cmd_cache_rm(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import warnings
-
     import torch
 
     from .factory import create_model
 
-    from PIL import Image
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
     model = create_model(args.model, pretrained=True, deploy=True, tag=args.tag).eval()
     transform = create_transform(**resolve_data_config(model=model))
     names = ImageNetInfo() if model.num_classes == 1000 else None
     for path in args.images:
-        x = _read_image(path, transform, Image, warnings)
+        x = _read_image(path, transform)
         with torch.no_grad():
             probs = model(x).softmax(-1)[0]
         top = probs.topk(min(args.top_k, probs.numel()))
@@ -280,13 +277,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: str, transform, Image, warnings):
+def _read_image(path: str, transform):
     """The transformed image, or a :class:`RepZooError` (unreadable, or so large it looks like a bomb)."""
+    from PIL import Image
+
+    from .train.data import decode_image
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                return transform(img.convert("RGB")).unsqueeze(0)
+        return transform(decode_image(path)).unsqueeze(0)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise RepZooError(f"Refused image {path!r}: {err} Pass a photo of ordinary size "
                           f"(at most {Image.MAX_IMAGE_PIXELS:,} pixels).") from None
@@ -320,7 +318,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     pretrained=args.pretrained, checkpoint=args.checkpoint, scales=args.scales,
                     resume=not args.no_resume, seed=args.seed, bf16=args.bf16, channels_last=args.channels_last,
                     amp=args.amp, compile=args.compile, fsdp=args.fsdp, device=args.device,
-                    on_bad_image=args.on_bad_image, progress=not args.quiet, **overrides)
+                    on_bad_image=args.on_bad_image, progress=not args.quiet, cache_images=args.cache_images,
+                    **overrides)
     if summary["rank"] != 0:  # under torchrun: the main process reports
         return 0
     print(f"{summary['model']}: best val top-1 {summary['best_top1']:.2f}, final {summary['final_top1']:.2f}, "
@@ -494,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 (fully_shard) instead of DDP")
     p.add_argument("--device", type=device, default=None, help="default: this process's GPU if any, else the CPU")
     p.add_argument("--on-bad-image", choices=["stop", "skip"], default="stop")
+    p.add_argument("--cache-images", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep decoded images in the loaders' memory (default: when a copy per worker fits in 1 GiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 

@@ -123,8 +123,10 @@ def test_one_process_is_a_world_of_one_and_fsdp_needs_torchrun(monkeypatch, smal
 
 @pytest.mark.heavy
 def test_two_processes_end_where_one_ends_at_the_same_global_batch(tmp_path, monkeypatch):
-    """The guide's DDP command (2 processes x batch 16, the whole digits set) against one process at batch 32 (the
-    same global batch and learning rate; one thread per process): val top-1 within 1 point (of 359 images)."""
+    """The guide's DDP command (2 processes x batch 32, the whole digits set) against one process at batch 64 (the
+    same global batch and learning rate; one thread per process): the best val top-1 (the epoch the deploy file
+    is written from) within 1 point (of 359 images); the last epoch's swings by about a point from epoch to
+    epoch in either run, so it is only asserted to have learned."""
     monkeypatch.chdir(tmp_path)
     write_digits_folder("digits")
     processes, args = guide_commands()[0]
@@ -135,9 +137,9 @@ def test_two_processes_end_where_one_ends_at_the_same_global_batch(tmp_path, mon
     python_m("repzoo", *one_args)  # one process, one thread: as each of the two
     one, two = history(tmp_path / "runs/one"), history(tmp_path / "runs/ddp")
     assert len(one) == len(two) >= 5
-    assert one[-1]["val_top1"] >= 90.0, one[-1]  # both learned the digits
-    assert abs(two[-1]["val_top1"] - one[-1]["val_top1"]) <= 1.0, (one[-1], two[-1])
-    s2 = json.loads((tmp_path / "runs/ddp/summary.json").read_text())
+    assert min(one[-1]["val_top1"], two[-1]["val_top1"]) >= 90.0, (one[-1], two[-1])  # both learned the digits
+    s1, s2 = (json.loads((tmp_path / f"runs/{run}/summary.json").read_text()) for run in ("one", "ddp"))
+    assert abs(s2["best_top1"] - s1["best_top1"]) <= 1.0, (s1["best_top1"], s2["best_top1"])
     assert (s2["world_size"], s2["engine"]) == (2, "ddp") and s2["deploy_top1"] == pytest.approx(s2["best_top1"])
     assert torch.load(tmp_path / "runs/ddp/last.pth", weights_only=True)["world_size"] == 2
 

@@ -4,6 +4,10 @@
 no classes, no images, files that are not images); ``ImageFolderDataset`` decodes lazily and never raises in
 a worker: an image that cannot be decoded comes back flagged, for the loop to stop on or to skip and count.
 ``write_digits_folder`` writes scikit-learn's handwritten digits (1,797 real 8x8 scans) as such a folder.
+
+Training splits the data path as timm's ``create_loader`` does with its prefetcher: the workers run the
+augmentation (``train_transform``) and hand over uint8 images; the main process turns the batch to float,
+normalizes it and applies random erasing (:class:`BatchPrep`), one vectorized pass instead of one per image.
 """
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import RepZooError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "scan_image_folder", "class_indices", "ImageFolderDataset",
-           "EpochSampler", "write_digits_folder"]
+           "EpochSampler", "decode_image", "decoded_bytes", "train_transform", "BatchPrep",
+           "write_digits_folder"]
 
 #: what torchvision's ImageFolder and timm's readers take as images
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -119,13 +124,16 @@ class ImageFolderDataset:
     ``with_index``: ``(image, class index, ok, sample index)``, to name the file a shuffled batch could not decode.
     A key ``(epoch, i)`` (what :class:`EpochSampler` yields) seeds ``random`` and torch from both before the
     transform: an image's augmentation depends on its epoch alone, whatever the worker, the number of workers
-    or processes, or a resume.
+    or processes, or a resume. ``cache_images``: keep each decoded image in memory after its first decode (in
+    each loader worker: a copy per worker), for folders that fit; decoding is most of the data path's work.
     """
 
     def __init__(self, index: ImageFolderIndex, transform: Callable, mapping: Dict[str, int], blank_shape: Sequence[int],
-                 with_index: bool = False):
+                 with_index: bool = False, blank_dtype: str = "float32", cache_images: bool = False):
         self.samples = [(p, mapping[index.classes[c]]) for p, c in index.samples]
         self.transform, self.blank_shape, self.with_index = transform, tuple(blank_shape), with_index
+        self.blank_dtype = blank_dtype  #: the dtype the transform returns ('uint8' for `train_transform`)
+        self.cache: Optional[Dict[int, Any]] = {} if cache_images else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -144,19 +152,83 @@ class ImageFolderDataset:
         return (*item, key) if self.with_index else item
 
     def _load(self, i: int):
-        import warnings
-
         import torch
         from PIL import Image
 
         path, target = self.samples[i]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
-                    return self.transform(img.convert("RGB")), target, True
+            img = self.cache.get(i) if self.cache is not None else None
+            if img is None:
+                img = decode_image(path)
+                if self.cache is not None:
+                    self.cache[i] = img
+            return self.transform(img.copy()), target, True
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-            return torch.zeros(self.blank_shape), target, False
+            return torch.zeros(self.blank_shape, dtype=getattr(torch, self.blank_dtype)), target, False
+
+
+def decode_image(path: str):
+    """The RGB image in ``path``, decoded; PIL's decompression-bomb warning is an error here."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            return img.convert("RGB")
+
+
+def decoded_bytes(index: ImageFolderIndex) -> Optional[int]:
+    """The memory the folder's images take decoded (RGB), judged by the first image's size (read from its
+    header), or None when that image cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(index.samples[0][0]) as img:
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return len(index.samples) * width * height * 3
+
+
+def train_transform(recipe, image_size: int, mean: Optional[Sequence[float]] = None,
+                    interpolation: str = "bilinear") -> Callable:
+    """The recipe's training augmentation in the workers: timm's ``create_transform`` with ``use_prefetcher``
+    (random resized crop, flip, colour jitter, RandAugment filling with ``mean``; PIL image in, uint8 CHW
+    tensor out). Normalizing and random erasing are left to :class:`BatchPrep`, on the batch."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=(3, image_size, image_size), is_training=True, use_prefetcher=True,
+                            **({"mean": tuple(mean)} if mean is not None else {}),
+                            scale=recipe.scale, hflip=recipe.hflip, color_jitter=recipe.color_jitter or None,
+                            auto_augment=recipe.auto_augment or None, interpolation=interpolation)
+
+
+class BatchPrep:
+    """A uint8 batch from the workers made the model's input on ``device``: float, normalized by ``mean`` /
+    ``std`` (0-1 scale, as a pretrained config gives them), random erasing with probability ``reprob`` (timm's
+    ``RandomErasing``, per-pixel noise, as timm's ``PrefetchLoader`` applies it), then ``channels_last``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], *, device, reprob: float = 0.0,
+                 channels_last: bool = False):
+        import torch
+
+        self.device = torch.device(device)
+        self.mean = torch.tensor([255.0 * m for m in mean], device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor([255.0 * s for s in std], device=self.device).view(1, -1, 1, 1)
+        self.erase = None
+        if reprob > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.erase = RandomErasing(probability=reprob, mode="pixel", device=self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x):
+        x = x.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        if self.erase is not None:
+            x = self.erase(x)
+        return x.contiguous(memory_format=self.memory_format)
 
 
 class EpochSampler:

@@ -1,6 +1,6 @@
 """``repzoo train``: a registered model trained on an image folder (``train/``, ``val/``) with a recipe.
 
-Built on timm's parts: ``create_transform`` (RandAugment, colour jitter, random erasing), ``Mixup`` / CutMix,
+Built on timm's parts: ``create_transform`` (RandAugment, colour jitter), ``RandomErasing``, ``Mixup`` / CutMix,
 label smoothing, ``CosineLRScheduler`` stepped per iteration, ``ModelEmaV3``; gradient clipping where the recipe
 clips. A RepOpt target model trains with its RepOptimizer (released scales by default, or ``scales``); a
 Hyper-Search (``-hs``) model writes its scale file. Every epoch writes ``last.pth`` (and ``best.pth``) in the
@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import RepZooError
-from .data import EpochSampler, ImageFolderDataset, class_indices, scan_image_folder
+from .data import (BatchPrep, EpochSampler, ImageFolderDataset, class_indices, decoded_bytes, scan_image_folder,
+                   train_transform)
 from .recipes import Recipe, default_recipe, get_recipe
 
-__all__ = ["train", "decay_groups"]
+__all__ = ["train", "decay_groups", "CACHE_BUDGET"]
+
+#: the most memory ``repzoo train`` lets its loaders' image caches take by default (``cache_images=None``)
+CACHE_BUDGET = 1 << 30
 
 
 def decay_groups(model, recipe: Recipe) -> List[dict]:
@@ -65,17 +69,19 @@ class _EvalShard:
         return x, y, ok, p
 
 
-def _loaders(index, val_index, mapping, cfg, recipe: Recipe, batch_size, workers, image_size, mixup_on, engine):
+def _loaders(index, val_index, mapping, cfg, recipe: Recipe, batch_size, workers, image_size, mixup_on, engine,
+             cache_images: Optional[bool] = None):
     import torch
     from timm.data import create_transform
 
     common = dict(input_size=(3, image_size, image_size), mean=cfg["mean"], std=cfg["std"])
-    train_tf = create_transform(**common, is_training=True, scale=recipe.scale, hflip=recipe.hflip,
-                                color_jitter=recipe.color_jitter or None, auto_augment=recipe.auto_augment or None,
-                                re_prob=recipe.reprob, interpolation="bilinear")
     val_tf = create_transform(**common, is_training=False, crop_pct=1.0, interpolation=cfg["interpolation"])
-    train_set = ImageFolderDataset(index, train_tf, mapping, common["input_size"], with_index=True)
-    val_set = ImageFolderDataset(val_index, val_tf, mapping, common["input_size"])
+    if cache_images is None:  # auto: when each loader worker's copy of its split fits, all of them in 1 GiB
+        sizes = [decoded_bytes(index), decoded_bytes(val_index)]
+        cache_images = None not in sizes and sum(sizes) * max(workers, 1) <= CACHE_BUDGET
+    train_set = ImageFolderDataset(index, train_transform(recipe, image_size, cfg["mean"]), mapping, common["input_size"],
+                                   with_index=True, blank_dtype="uint8", cache_images=cache_images)
+    val_set = ImageFolderDataset(val_index, val_tf, mapping, common["input_size"], cache_images=cache_images)
     # one shuffle of the whole set per epoch (DistributedSampler.set_epoch), split over the processes
     sampler = EpochSampler(train_set, num_replicas=engine.world, rank=engine.rank)
     per_process = len(sampler)
@@ -133,7 +139,7 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
           pretrained: bool = False, checkpoint=None, scales=None, resume: bool = True, seed: int = 0,
           bf16: bool = False, amp: bool = False, channels_last: bool = False, compile: bool = False,
           fsdp: bool = False, device: Optional[str] = None, on_bad_image: str = "stop", progress: bool = True,
-          **overrides: Any) -> Dict[str, Any]:
+          cache_images: Optional[bool] = None, **overrides: Any) -> Dict[str, Any]:
     """Train ``model`` on ``data/train``, validate on ``data/val`` each epoch, write into ``output``.
 
     ``recipe``: a name of :data:`repzoo.train.recipes.RECIPES` (default: the model's family's); ``epochs``,
@@ -145,7 +151,8 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
     is per process (the global batch is ``batch_size`` x processes). ``amp``: bfloat16 autocast (float16 with
     a gradient scaler on a GPU without bfloat16); ``bf16``: bfloat16 autocast. ``compile``: ``torch.compile``
     of the training model (``True``, or a backend name). ``device``: default a GPU (this process's) when
-    there is one, else the CPU.
+    there is one, else the CPU. ``cache_images``: keep the decoded images in the loaders' memory (decoding is
+    most of the data path's work); default: when a copy of both splits per loader worker fits in 1 GiB.
     """
     from .engine import Engine
 
@@ -154,13 +161,14 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
         return _train(engine, model, data, output, recipe=recipe, epochs=epochs, lr=lr, batch_size=batch_size,
                       image_size=image_size, workers=workers, pretrained=pretrained, checkpoint=checkpoint,
                       scales=scales, resume=resume, seed=seed, bf16=bf16, amp=amp, channels_last=channels_last,
-                      compile=compile, on_bad_image=on_bad_image, progress=progress, overrides=overrides)
+                      compile=compile, on_bad_image=on_bad_image, progress=progress, cache_images=cache_images,
+                      overrides=overrides)
     finally:
         engine.close()
 
 
 def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image_size, workers, pretrained, checkpoint,
-           scales, resume, seed, bf16, amp, channels_last, compile, on_bad_image, progress, overrides):
+           scales, resume, seed, bf16, amp, channels_last, compile, on_bad_image, progress, cache_images, overrides):
     import numpy
     import torch
     from timm.data import Mixup, resolve_data_config
@@ -224,7 +232,7 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
     size = image_size or cfg["input_size"][-1]
     mapping = class_indices(index, num_classes)
     train_loader, val_loader = _loaders(index, val_index, mapping, cfg, rec, batch_size, workers, size, mixup_on,
-                                        engine)
+                                        engine, cache_images)
     steps = len(train_loader)
     if steps == 0:
         raise RepZooError(f"{data}/train has too few images for one batch of {batch_size} per process: lower "
@@ -232,6 +240,7 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
     sched = CosineLRScheduler(opt, t_initial=rec.epochs * steps, lr_min=rec.min_lr * scale,
                               warmup_t=int(rec.warmup_epochs * steps), warmup_lr_init=rec.warmup_lr * scale,
                               t_in_epochs=False)
+    prep = BatchPrep(cfg["mean"], cfg["std"], device=dev, reprob=rec.reprob, channels_last=channels_last)
     mixup = Mixup(mixup_alpha=rec.mixup, cutmix_alpha=rec.cutmix, label_smoothing=rec.smoothing,
                   num_classes=num_classes) if mixup_on else None
     criterion = SoftTargetCrossEntropy() if mixup_on else (
@@ -285,9 +294,7 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
                         continue
                     else:  # every process must step together: this one adds nothing to the gradient
                         weight = 0.0
-                x = x.to(dev, non_blocking=True, memory_format=torch.channels_last if channels_last else
-                         torch.preserve_format)
-                y = y.to(dev, non_blocking=True)
+                x, y = prep(x), y.to(dev, non_blocking=True)
                 if mixup is not None:
                     x, y = mixup(x, y)
                 with autocast:
