@@ -9,8 +9,8 @@ import torch
 
 from repzoo.cli import build_parser
 from repzoo.train import get_recipe, scan_image_folder, write_digits_folder
-from repzoo.train.data import BatchPrep, ImageFolderDataset, class_indices, decoded_bytes, train_transform
-from repzoo.train.loop import CACHE_BUDGET
+from repzoo.train.data import (CACHE_BUDGET, BatchPrep, ImageFolderDataset, cache_fits, class_indices, decoded_bytes,
+                               train_transform)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -73,6 +73,8 @@ def test_the_auto_cache_rule_counts_the_decoded_bytes(folder):
     index = scan_image_folder(folder / "train")
     assert decoded_bytes(index) == len(index.samples) * 32 * 32 * 3
     assert decoded_bytes(index) * 2 * 8 < CACHE_BUDGET  # the digits are cached by default, even with 8 workers
+    assert cache_fits([index, index], 8)
+    assert not cache_fits([index], 2, budget=decoded_bytes(index) * 2 - 1)  # one byte short
     args = build_parser().parse_args(["train", str(folder), "--model", "RepVGG-A0", "--output", "o"])
     assert args.cache_images is None
     args = build_parser().parse_args(["train", str(folder), "--model", "RepVGG-A0", "--output", "o",

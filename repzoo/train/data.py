@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ..errors import RepZooError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "scan_image_folder", "class_indices", "ImageFolderDataset",
-           "EpochSampler", "decode_image", "decoded_bytes", "train_transform", "BatchPrep",
-           "write_digits_folder"]
+           "EpochSampler", "decode_image", "decoded_bytes", "CACHE_BUDGET", "cache_fits", "train_transform",
+           "BatchPrep", "write_digits_folder"]
 
 #: what torchvision's ImageFolder and timm's readers take as images
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -157,12 +157,13 @@ class ImageFolderDataset:
 
         path, target = self.samples[i]
         try:
-            img = self.cache.get(i) if self.cache is not None else None
-            if img is None:
-                img = decode_image(path)
-                if self.cache is not None:
-                    self.cache[i] = img
-            return self.transform(img.copy()), target, True
+            cached = self.cache.get(i) if self.cache is not None else None
+            if cached is not None:
+                return self.transform(cached.copy()), target, True  # the transform gets a copy it may change
+            img = decode_image(path)
+            if self.cache is not None:
+                self.cache[i] = img.copy()
+            return self.transform(img), target, True
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             return torch.zeros(self.blank_shape, dtype=getattr(torch, self.blank_dtype)), target, False
 
@@ -190,6 +191,17 @@ def decoded_bytes(index: ImageFolderIndex) -> Optional[int]:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     return len(index.samples) * width * height * 3
+
+
+#: the most memory the loaders' image caches take by default (``repzoo train``'s ``cache_images=None``)
+CACHE_BUDGET = 1 << 30
+
+
+def cache_fits(indexes: Sequence[ImageFolderIndex], workers: int, budget: int = CACHE_BUDGET) -> bool:
+    """Whether every loader worker's decoded copy of its split (``indexes``: the splits of a run) fits in
+    ``budget`` bytes, all of them together: the rule ``repzoo train`` caches decoded images by."""
+    sizes = [decoded_bytes(index) for index in indexes]
+    return None not in sizes and sum(sizes) * max(workers, 1) <= budget
 
 
 def train_transform(recipe, image_size: int, mean: Optional[Sequence[float]] = None,

@@ -18,14 +18,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import RepZooError
-from .data import (BatchPrep, EpochSampler, ImageFolderDataset, class_indices, decoded_bytes, scan_image_folder,
+from .data import (BatchPrep, EpochSampler, ImageFolderDataset, cache_fits, class_indices, scan_image_folder,
                    train_transform)
 from .recipes import Recipe, default_recipe, get_recipe
 
-__all__ = ["train", "decay_groups", "CACHE_BUDGET"]
-
-#: the most memory ``repzoo train`` lets its loaders' image caches take by default (``cache_images=None``)
-CACHE_BUDGET = 1 << 30
+__all__ = ["train", "decay_groups"]
 
 
 def decay_groups(model, recipe: Recipe) -> List[dict]:
@@ -76,9 +73,8 @@ def _loaders(index, val_index, mapping, cfg, recipe: Recipe, batch_size, workers
 
     common = dict(input_size=(3, image_size, image_size), mean=cfg["mean"], std=cfg["std"])
     val_tf = create_transform(**common, is_training=False, crop_pct=1.0, interpolation=cfg["interpolation"])
-    if cache_images is None:  # auto: when each loader worker's copy of its split fits, all of them in 1 GiB
-        sizes = [decoded_bytes(index), decoded_bytes(val_index)]
-        cache_images = None not in sizes and sum(sizes) * max(workers, 1) <= CACHE_BUDGET
+    if cache_images is None:
+        cache_images = cache_fits([index, val_index], workers)
     train_set = ImageFolderDataset(index, train_transform(recipe, image_size, cfg["mean"]), mapping, common["input_size"],
                                    with_index=True, blank_dtype="uint8", cache_images=cache_images)
     val_set = ImageFolderDataset(val_index, val_tf, mapping, common["input_size"], cache_images=cache_images)
