@@ -7,16 +7,16 @@
 The real loop is ``repzoo.train.train`` on the digits image folder (``repzoo data digits``): the image-folder
 loader with ``--workers`` processes running the recipe's augmentation (timm's ``create_transform``, uint8 out),
 the batch normalized in the main process (``BatchPrep``), the scheduler stepped per iteration, the loss check.
-Its figure is the steady state of a 4-epoch run: the mean ``train_images_per_second`` (``metrics.json``: the
-training steps alone) of epochs 3 and 4. The first two pay once for starting the loaders' workers: each fork
-makes the main process copy on write every page it then touches (the training workers fork at epoch 1, the
-validation workers after it). The bare loop is the same model, optimizer, loss and batch size on tensors
-loaded once, the same number of steps (after one warm-up pass). The runs alternate, bare first and last, and
-each real run is divided by the mean of the bare runs just before and after it: this machine's speed drifts
-by more than the gap measured within a minute, so only neighbours are compared. The median of those ratios is
-the figure (goal: ≥ 0.9x, i.e. the data path is not the bottleneck). The CPU seconds per batch of the
-training step and of the data path (process time, which other jobs do not inflate) say how much of the work
-the data path is.
+Its figure for an epoch is that epoch's ``train_images_per_second`` (``metrics.json``: the training steps
+alone). The bare loop is the same model, optimizer, loss and batch size on tensors loaded once, the same
+number of steps, built once and warmed up. The two alternate at the grain of an epoch, in one process: the
+bare loop runs before the first epoch and after each one (``train``'s ``on_epoch_end``, while the loaders'
+workers wait), and each real epoch is divided by the mean of the bare passes just before and after it: this
+machine's speed drifts by more than the gap measured within a minute, so only neighbours a few seconds apart
+are compared. The first two epochs of a run are left out (they pay once for starting the loaders' workers).
+The median of the ratios is the figure (goal: ≥ 0.9x, i.e. the data path is not the bottleneck). The CPU
+seconds per batch of the training step and of the data path (process time, which other jobs do not inflate)
+say how much of the work the data path is.
 """
 from __future__ import annotations
 
@@ -29,14 +29,23 @@ import tempfile
 import time
 from pathlib import Path
 
+#: the epochs of each run left out of the figure: the loaders' workers start in them
+SKIP_EPOCHS = 2
 
-def real_loop(args, data: Path, out: Path) -> float:
+def real_run(args, data: Path, out: Path, bare: "BareLoop"):
+    """One ``repzoo train`` run of ``args.epochs`` epochs with a bare pass before it and after each epoch:
+    the real epochs' images/s and the ratio of each (after the first `SKIP_EPOCHS`) to its two neighbours."""
     from repzoo.train import train
 
-    train(args.model, data, out, epochs=4, batch_size=args.batch_size, image_size=args.image_size,
-          workers=args.workers, device=args.device, resume=False, progress=False)
+    passes = [bare.run()]
+    summary = train(args.model, data, out, epochs=args.epochs, batch_size=args.batch_size,
+                    image_size=args.image_size, workers=args.workers, device=args.device, resume=False,
+                    progress=False, on_epoch_end=lambda row: passes.append(bare.run()))
     history = json.loads((out / "metrics.json").read_text())["history"]
-    return statistics.mean(row["train_images_per_second"] for row in history[2:])
+    assert len(history) == summary["epochs"] == len(passes) - 1
+    real = [row["train_images_per_second"] for row in history]
+    ratios = [real[e] / statistics.mean(passes[e:e + 2]) for e in range(SKIP_EPOCHS, len(real))]
+    return real[SKIP_EPOCHS:], passes[SKIP_EPOCHS:], ratios
 
 
 def preload(args, data: Path):
@@ -84,44 +93,51 @@ def loader_cpu_seconds_per_batch(args, data: Path, batches: int = 10) -> float:
     return (time.process_time() - t) / batches
 
 
-def bare_loop(args, images, labels, num_classes: int, steps: int) -> float:
-    """The same model, optimizer (the recipe's groups and learning rate) and loss, on tensors in memory."""
-    import torch
+class BareLoop:
+    """The same model, optimizer (the recipe's groups and learning rate) and loss, on tensors in memory: built
+    once and warmed up; `run` times one pass of ``steps`` steps (images/s) and keeps its CPU s per step."""
 
-    import repzoo
-    from repzoo.train.loop import decay_groups
-    from repzoo.train.recipes import default_recipe, get_recipe
+    def __init__(self, args, images, labels, num_classes: int, steps: int):
+        import torch
 
-    dev = torch.device(args.device)
-    rec = get_recipe(default_recipe(args.model))
-    torch.manual_seed(0)
-    model = repzoo.create_model(args.model, num_classes=num_classes).to(dev).train()
-    lr = rec.lr * args.batch_size / rec.base_batch
-    if "RepOpt" in model.__class__.__name__ or getattr(model, "mode", None) == "target":
-        from repzoo.optim import create_repoptimizer
+        import repzoo
+        from repzoo.train.loop import decay_groups
+        from repzoo.train.recipes import default_recipe, get_recipe
 
-        opt = create_repoptimizer(model, args.model, rec.optimizer, weight_decay=rec.weight_decay, lr=lr)
-    else:
-        opt = torch.optim.SGD(decay_groups(model, rec), lr=lr, momentum=0.9, nesterov=True)
-    criterion = torch.nn.CrossEntropyLoss()
-    batches = [(images[i:i + args.batch_size].to(dev), labels[i:i + args.batch_size].to(dev))
-               for i in range(0, steps * args.batch_size, args.batch_size)]
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        dev = torch.device(args.device)
+        rec = get_recipe(default_recipe(args.model))
+        torch.manual_seed(0)
+        self.model = repzoo.create_model(args.model, num_classes=num_classes).to(dev).train()
+        lr = rec.lr * args.batch_size / rec.base_batch
+        if "RepOpt" in self.model.__class__.__name__ or getattr(self.model, "mode", None) == "target":
+            from repzoo.optim import create_repoptimizer
 
-    def run():
-        for x, y in batches:
-            loss = criterion(model(x), y)
-            opt.zero_grad(set_to_none=True)
+            self.opt = create_repoptimizer(self.model, args.model, rec.optimizer, weight_decay=rec.weight_decay,
+                                           lr=lr)
+        else:
+            self.opt = torch.optim.SGD(decay_groups(self.model, rec), lr=lr, momentum=0.9, nesterov=True)
+        self.criterion = torch.nn.CrossEntropyLoss()
+        self.batches = [(images[i:i + args.batch_size].to(dev), labels[i:i + args.batch_size].to(dev))
+                        for i in range(0, steps * args.batch_size, args.batch_size)]
+        self.sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        self.cpu_per_step: list = []
+        self._steps()  # warm-up
+
+    def _steps(self) -> None:
+        for x, y in self.batches:
+            loss = self.criterion(self.model(x), y)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            self.opt.step()
             loss.item()
-        sync()
+        self.sync()
 
-    run()  # warm-up, as the real loop's first epoch
-    t, cpu = time.perf_counter(), time.process_time()
-    run()
-    bare_loop.cpu_per_step = (time.process_time() - cpu) / steps
-    return steps * args.batch_size / (time.perf_counter() - t)
+    def run(self) -> float:
+        t, cpu = time.perf_counter(), time.process_time()
+        self._steps()
+        wall = time.perf_counter() - t
+        self.cpu_per_step.append((time.process_time() - cpu) / len(self.batches))
+        return len(self.batches) * len(self.batches[0][0]) / wall
 
 
 def main(argv=None) -> int:
@@ -132,7 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of repzoo train (default 3)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs a run (default 8; the first 2 left out)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
@@ -146,31 +163,33 @@ def main(argv=None) -> int:
             write_digits_folder(data, size=args.image_size)
         images, labels, num_classes = preload(args, data)
         steps = len(images) // args.batch_size  # the real loop's steps per epoch (its last partial batch dropped)
-        # bare, real, bare, real, ..., bare: each real run is compared with the bare runs just before and after it
-        # (the machine's drift over a minute is larger than the gap measured), and the ratios' median reported
-        bare = [bare_loop(args, images, labels, num_classes, steps)]
-        step_cpu, real, ratios, data_cpu = [bare_loop.cpu_per_step], [], [], []
+        bare = BareLoop(args, images, labels, num_classes, steps)
+        real, passes, ratios, data_cpu = [], [], [], []
         for r in range(args.repeats):
-            real.append(real_loop(args, data, Path(tmp) / f"run{r}"))
-            bare.append(bare_loop(args, images, labels, num_classes, steps))
-            step_cpu.append(bare_loop.cpu_per_step)
+            run_real, run_passes, run_ratios = real_run(args, data, Path(tmp) / f"run{r}", bare)
+            real += run_real
+            passes += run_passes
+            ratios += run_ratios
             data_cpu.append(loader_cpu_seconds_per_batch(args, data))
-            ratios.append(real[-1] / statistics.mean(bare[-2:]))
-            print(f"repeat {r + 1}: repzoo train {real[-1]:.1f} img/s, bare loop before / after {bare[-2]:.1f} / "
-                  f"{bare[-1]:.1f} img/s, ratio {ratios[-1]:.2f}x; CPU s per batch: training step "
-                  f"{step_cpu[-1]:.3f}, data path {data_cpu[-1]:.3f}", flush=True)
+            print(f"run {r + 1}: repzoo train {', '.join(f'{v:.0f}' for v in run_real)} img/s by epoch, bare "
+                  f"{', '.join(f'{v:.0f}' for v in run_passes)}; ratios "
+                  f"{', '.join(f'{v:.2f}' for v in run_ratios)}; CPU s per batch: training step "
+                  f"{statistics.median(bare.cpu_per_step):.3f}, data path {data_cpu[-1]:.3f}", flush=True)
     report = dict(machine=machine(args.device), model=args.model, batch_size=args.batch_size,
                   image_size=args.image_size, workers=args.workers, steps=steps, repeats=args.repeats,
-                  train_images_per_second=statistics.median(real), bare_images_per_second=statistics.median(bare),
+                  epochs=args.epochs, skipped_epochs=SKIP_EPOCHS,
+                  train_images_per_second=statistics.median(real), bare_images_per_second=statistics.median(passes),
                   command="python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]))
     report["ratio"], report["ratios"] = statistics.median(ratios), ratios
-    report["step_cpu_seconds"], report["data_cpu_seconds"] = statistics.median(step_cpu), statistics.median(data_cpu)
+    report["step_cpu_seconds"] = statistics.median(bare.cpu_per_step)
+    report["data_cpu_seconds"] = statistics.median(data_cpu)
     report["data_cpu_share"] = report["data_cpu_seconds"] / (report["data_cpu_seconds"] + report["step_cpu_seconds"])
     m = report["machine"]
     print(f"machine: {m['cpu']} ({m['cores']} cores, {m['threads']} threads), torch {m['torch']}, {m['device']}")
     print(f"{args.model} at {args.image_size} px, batch {args.batch_size}, {args.workers} workers, {steps} steps, "
-          f"medians of {args.repeats}: repzoo train {report['train_images_per_second']:.1f} img/s, bare loop "
-          f"{report['bare_images_per_second']:.1f} img/s; median ratio to the neighbouring bare runs "
+          f"{args.repeats} runs of {args.epochs} epochs, medians: repzoo train "
+          f"{report['train_images_per_second']:.1f} img/s, bare loop {report['bare_images_per_second']:.1f} img/s; "
+          f"median ratio to the neighbouring bare passes "
           f"{report['ratio']:.2f}x (goal >= 0.9x)")
     print(f"CPU seconds per batch (process time, robust to other load): training step "
           f"{report['step_cpu_seconds']:.3f}, data path {report['data_cpu_seconds']:.3f}: the data path is "

@@ -77,7 +77,14 @@ def test_a_run_writes_checkpoints_metrics_and_a_validated_deploy_file(tiny, tmp_
 def test_a_killed_run_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
     """With 2 loader workers, as the command's default: each image's augmentation is seeded by its epoch."""
     quick = dict(QUICK, workers=2)
-    whole = train("RepVGG-A0", tiny, tmp_path / "whole", epochs=3, lr=0.2, **quick)
+    seen = []  # on_epoch_end: each row, once the epoch's checkpoint is on disk
+
+    def on_epoch_end(row):
+        seen.append((row, torch.load(tmp_path / "whole" / "last.pth", weights_only=True)["epoch"]))
+
+    whole = train("RepVGG-A0", tiny, tmp_path / "whole", epochs=3, lr=0.2, on_epoch_end=on_epoch_end, **quick)
+    assert [(row["epoch"], saved) for row, saved in seen] == [(0, 0), (1, 1), (2, 2)]
+    assert [row for row, _ in seen] == json.loads((tmp_path / "whole" / "metrics.json").read_text())["history"]
     calls = {"n": 0}
     evaluate = train_loop._evaluate
 

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import RepZooError
 from .data import (BatchPrep, EpochSampler, ImageFolderDataset, cache_fits, class_indices, scan_image_folder,
@@ -135,7 +135,8 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
           pretrained: bool = False, checkpoint=None, scales=None, resume: bool = True, seed: int = 0,
           bf16: bool = False, amp: bool = False, channels_last: bool = False, compile: bool = False,
           fsdp: bool = False, device: Optional[str] = None, on_bad_image: str = "stop", progress: bool = True,
-          cache_images: Optional[bool] = None, **overrides: Any) -> Dict[str, Any]:
+          cache_images: Optional[bool] = None, on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None,
+          **overrides: Any) -> Dict[str, Any]:
     """Train ``model`` on ``data/train``, validate on ``data/val`` each epoch, write into ``output``.
 
     ``recipe``: a name of :data:`repzoo.train.recipes.RECIPES` (default: the model's family's); ``epochs``,
@@ -149,6 +150,8 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
     of the training model (``True``, or a backend name). ``device``: default a GPU (this process's) when
     there is one, else the CPU. ``cache_images``: keep the decoded images in the loaders' memory (decoding is
     most of the data path's work); default: when a copy of both splits per loader worker fits in 1 GiB.
+    ``on_epoch_end``: called on the main process with each epoch's metrics row once its checkpoint is
+    written (for logging elsewhere, or a benchmark's own measurement between epochs).
     """
     from .engine import Engine
 
@@ -158,13 +161,14 @@ def train(model: str, data, output, *, recipe: Optional[str] = None, epochs: Opt
                       image_size=image_size, workers=workers, pretrained=pretrained, checkpoint=checkpoint,
                       scales=scales, resume=resume, seed=seed, bf16=bf16, amp=amp, channels_last=channels_last,
                       compile=compile, on_bad_image=on_bad_image, progress=progress, cache_images=cache_images,
-                      overrides=overrides)
+                      on_epoch_end=on_epoch_end, overrides=overrides)
     finally:
         engine.close()
 
 
 def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image_size, workers, pretrained, checkpoint,
-           scales, resume, seed, bf16, amp, channels_last, compile, on_bad_image, progress, cache_images, overrides):
+           scales, resume, seed, bf16, amp, channels_last, compile, on_bad_image, progress, cache_images,
+           on_epoch_end, overrides):
     import numpy
     import torch
     from timm.data import Mixup, resolve_data_config
@@ -342,6 +346,8 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
                     with atomic_path(output / "best.pth", "a checkpoint") as tmp:
                         torch.save(ckpt, tmp)
                 records.add(row)
+                if on_epoch_end is not None:
+                    on_epoch_end(dict(row))
             else:
                 history.append(row)
     finally:
