@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="a PNG of released top-1 vs deploy images/s (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--runtimes", default=None, help="deploy paths to verify and time side by side (all: every one; "
-                   "eager,channels_last,compile,bf16,int8,onnxruntime,onnxruntime-int8,openvino)")
+                   "eager,channels_last,compile,bf16,compile-bf16,int8,onnxruntime,onnxruntime-int8,openvino)")
     p.add_argument("--fastest", action="store_true", help="say which verified deploy path is fastest (all paths "
                    "unless --runtimes)")
     p.add_argument("--batch-sizes", default="1,16", help="with --runtimes / --fastest: batch sizes (default 1,16)")

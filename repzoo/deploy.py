@@ -3,7 +3,7 @@
     fn, report = repzoo.fastest_deploy(model, images)      # the fastest path that passed, on this machine
     print(report)                                          # every path: verification, images/s, ratio to eager
 
-    repzoo bench --runtimes eager,channels_last,compile,bf16,int8,onnxruntime,onnxruntime-int8,openvino \\
+    repzoo bench --runtimes eager,channels_last,compile,bf16,compile-bf16,int8,onnxruntime,onnxruntime-int8,openvino \\
         --models RepVGG-A0 --batch-sizes 1,16 --json deploy.json --markdown deploy.md
 
 The paths (`RUNTIMES`), each a callable that takes a float32 NCHW batch and returns float32 logits:
@@ -15,6 +15,9 @@ The paths (`RUNTIMES`), each a callable that takes a float32 NCHW batch and retu
 * ``bf16``: channels_last under ``torch.autocast(dtype=torch.bfloat16)``, offered only where the device has
   bf16 units (a CPU with ``avx512_bf16`` or AMX, a GPU that supports bf16): elsewhere it is reported as
   unavailable, with the reason;
+* ``compile-bf16``: the two together, offered where ``bf16`` is: the channels_last model compiled with freezing
+  under bf16 autocast (freezing folds the weights in bf16 and inductor fuses each conv with its ReLU and
+  keeps the activations in bf16 between them, where eager autocast casts around every conv);
 * ``int8``: ``torch.ao`` post-training static quantization, x86 backend
   (`repzoo.integrations.quantize.quantize_int8`), calibrated on real images;
 * ``onnxruntime``: the model exported with `repzoo.export` (checked there) and run by ONNX Runtime,
@@ -67,9 +70,11 @@ __all__ = ["RUNTIMES", "MIN_AGREEMENT", "FP32_RTOL", "DeployReport", "bf16_suppo
            "spread", "Worker", "prepare_model", "data_statistics", "fit_probe", "fastest_from", "compare"]
 
 #: every path, in the order they are shown; the first is the reference
-RUNTIMES = ("eager", "channels_last", "compile", "bf16", "int8", "onnxruntime", "onnxruntime-int8", "openvino")
+RUNTIMES = ("eager", "channels_last", "compile", "bf16", "compile-bf16", "int8", "onnxruntime", "onnxruntime-int8",
+            "openvino")
 #: each path's numerical kind
-KIND = {"eager": "fp32", "channels_last": "fp32", "compile": "fp32", "bf16": "bf16", "int8": "int8",
+KIND = {"eager": "fp32", "channels_last": "fp32", "compile": "fp32", "bf16": "bf16", "compile-bf16": "bf16",
+        "int8": "int8",
         "onnxruntime": "fp32", "onnxruntime-int8": "int8", "openvino": "fp32"}
 #: the top-1 agreement with fp32 eager a path of each kind needs to pass
 MIN_AGREEMENT = {"fp32": 0.99, "bf16": 0.99, "int8": 0.98}
@@ -190,27 +195,26 @@ def build_path(name: str, model: nn.Module, *, example: torch.Tensor, calibratio
     device = example.device
     if name == "eager":
         return _no_grad(model)
-    if name in ("channels_last", "bf16"):
-        if name == "bf16":
-            ok, why = bf16_support(device.type)
-            if not ok:
-                raise RepZooError(f"No bf16 path here: {why}.")
+    if KIND[name] == "bf16":
+        ok, why = bf16_support(device.type)
+        if not ok:
+            raise RepZooError(f"No bf16 path here: {why}.")
+    if name == "channels_last":
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if name == "bf16" else contextlib.nullcontext
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode(), amp():
-                return cl(x.contiguous(memory_format=torch.channels_last)).float()
-
-        return run
-    if name == "compile":
+        return _no_grad(lambda x: cl(x.contiguous(memory_format=torch.channels_last)))
+    if name in ("compile", "bf16", "compile-bf16"):
         import torch._inductor.config as inductor_config
 
-        compiled = torch.compile(copy.deepcopy(model), backend="inductor", dynamic=False)
+        compiled, bf16 = name != "bf16", name != "compile"
+        layout = torch.channels_last if bf16 else torch.contiguous_format  # inductor picks its own layout
+        net = copy.deepcopy(model).to(memory_format=layout)
+        if compiled:
+            net = torch.compile(net, backend="inductor", dynamic=False)  # compiled at the first call
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            with inductor_config.patch(freezing=True), torch.inference_mode():
-                return compiled(x)
+            with inductor_config.patch(freezing=compiled), torch.inference_mode(), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                return net(x.contiguous(memory_format=layout)).float()
 
         return run
     if device.type != "cpu":
@@ -672,7 +676,7 @@ def bench_runtimes(models: Sequence[str], runtimes: Sequence[str] = RUNTIMES, *,
             rows: Dict[str, Dict[str, Any]] = {}
             try:
                 for rt in runtimes:
-                    if rt == "bf16" and not ok:
+                    if KIND[rt] == "bf16" and not ok:
                         rows[rt] = dict(model=name, runtime=rt, kind="bf16", error=f"not offered: {why}")
                         continue
                     spec = dict(model=name, runtime=rt, data=f"{work}/data.pt", workdir=work, threads=threads,

@@ -67,7 +67,8 @@ _HEAVY = pytest.mark.heavy  # an ONNX export (or OpenVINO's conversion) each: te
                                      pytest.param("onnxruntime", marks=_HEAVY),
                                      pytest.param("onnxruntime-int8", marks=_HEAVY),
                                      pytest.param("openvino", marks=_HEAVY),
-                                     pytest.param("compile", marks=_HEAVY)])  # inductor compiles C++
+                                     pytest.param("compile", marks=_HEAVY),  # inductor compiles C++
+                                     pytest.param("compile-bf16", marks=_HEAVY)])
 def test_each_path_is_verified_against_fp32_eager(a0, val, runtime, tmp_path):
     if runtime.startswith("onnx"):
         pytest.importorskip("onnxruntime")
@@ -76,9 +77,9 @@ def test_each_path_is_verified_against_fp32_eager(a0, val, runtime, tmp_path):
     images, _ = val
     with torch.no_grad():
         reference = a0(images)
-    if runtime == "bf16" and not deploy.bf16_support("cpu")[0]:
+    if deploy.KIND[runtime] == "bf16" and not deploy.bf16_support("cpu")[0]:
         with pytest.raises(RepZooError, match="No bf16 path here: the CPU has no bf16 units"):
-            deploy.build_path("bf16", a0, example=images[:16])
+            deploy.build_path(runtime, a0, example=images[:16])
         return
     fn = deploy.build_path(runtime, a0, example=images[:16], calibration=images[:32], workdir=tmp_path)
     v = deploy.verify(fn, reference, images, deploy.KIND[runtime], 16)
@@ -137,8 +138,9 @@ def test_unknown_paths_and_missing_bf16_units_are_refused(a0, val, monkeypatch):
     monkeypatch.setattr(deploy, "machine", lambda device="cpu": dict(flags=["avx2", "avx512f", "avx512_vnni"]))
     ok, why = deploy.bf16_support("cpu")
     assert not ok and "no bf16 units" in why
-    with pytest.raises(RepZooError, match="No bf16 path here"):
-        deploy.build_path("bf16", a0, example=images[:2])
+    for runtime in ("bf16", "compile-bf16"):
+        with pytest.raises(RepZooError, match="No bf16 path here"):
+            deploy.build_path(runtime, a0, example=images[:2])
     monkeypatch.setattr(deploy, "machine", lambda device="cpu": dict(flags=["avx2", "amx_bf16"]))
     assert deploy.bf16_support("cpu") == (True, "the CPU has amx_bf16")
 
