@@ -66,7 +66,7 @@ from .errors import RepZooError
 from .machine import machine
 
 __all__ = ["RUNTIMES", "MIN_AGREEMENT", "FP32_RTOL", "DeployReport", "bf16_support", "ort_session_options",
-           "build_path", "verify", "fastest_deploy", "bench_runtimes", "markdown", "digits_images", "versions",
+           "build_path", "verify", "fastest_deploy", "bench_runtimes", "markdown", "allocator_settings", "digits_images", "versions",
            "spread", "Worker", "prepare_model", "data_statistics", "fit_probe", "fastest_from", "compare"]
 
 #: every path, in the order they are shown; the first is the reference
@@ -659,7 +659,8 @@ def bench_runtimes(models: Sequence[str], runtimes: Sequence[str] = RUNTIMES, *,
                     threads=threads, image_size=image_size, pretrained=pretrained,
                     weights="released" if pretrained else (str(checkpoint) if checkpoint else
                                                            "random, BN statistics and a probe head from the images"),
-                    images="digits (scikit-learn), val split" if images_root is None else str(images_root))
+                    images="digits (scikit-learn), val split" if images_root is None else str(images_root),
+                    allocator=allocator_settings())
     report: Dict[str, Any] = dict(machine=machine(device), versions=versions(), settings=settings,
                                   bf16=dict(available=ok, why=why), rows=[])
     say = log if progress else (lambda s: None)
@@ -727,6 +728,16 @@ def fastest_from(report: Dict[str, Any]) -> Dict[str, Dict[str, Optional[str]]]:
     return out
 
 
+def allocator_settings() -> str:
+    """How this process's memory allocator is set up, for the report: ``LD_PRELOAD`` and glibc's ``MALLOC_*``
+    tunables when set (the worker processes inherit them), else ``"glibc defaults"``. With the defaults, each
+    buffer over 32 MiB (RepVGG-A0's first activations at batch 16) is mapped afresh on every call and page-faulted
+    in; ``MALLOC_MMAP_MAX_=0`` keeps such buffers in the heap for reuse, as jemalloc or tcmalloc would, which the
+    PyTorch paths gain from (ONNX Runtime and OpenVINO use arenas of their own)."""
+    keys = sorted(k for k in os.environ if k.startswith("MALLOC_") or k == "LD_PRELOAD")
+    return ", ".join(f"{k}={os.environ[k]}" for k in keys) or "glibc defaults"
+
+
 def machine_line(report: Dict[str, Any]) -> str:
     """The machine, threads, versions and settings, in one line."""
     m, s, v = report["machine"], report["settings"], report["versions"]
@@ -734,7 +745,8 @@ def machine_line(report: Dict[str, Any]) -> str:
     return (f"Measured on {m['cpu']} ({m['cores']} cores; flags: {', '.join(m['flags']) or 'none'}"
             + (f"; {m['gpu']}" if m.get("gpu") else "") + f"), {s['threads']} threads, {engines}; device "
             f"{s['device']}; each path in its own process, {s['rounds']} interleaved rounds of {s['repeats']} "
-            f"calls per batch size, medians; verified on {s['images']}; weights: {s.get('weights', '?')}.")
+            f"calls per batch size, medians; verified on {s['images']}; weights: {s.get('weights', '?')}"
+            + (f"; allocator: {s['allocator']}" if s.get("allocator") else "") + ".")
 
 
 def markdown(report: Dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """Deploy paths: each verified against fp32 eager on real images before it is timed; the fastest choice never
 takes a failed path; the timing worker speaks JSON; ONNX Runtime does not spin. (Speed is never asserted.)"""
 import json
+import os
 import subprocess
 import sys
 
@@ -244,7 +245,7 @@ def test_the_bench_command_runs_each_path_in_its_own_process(digits, tmp_path, c
     assert (tmp_path / "deploy.md").read_text().startswith("Measured on ")
 
 
-@pytest.mark.parametrize("stem", ["deploy_a0", "deploy_b1", "repvgg_vs_resnet_cpu"])
+@pytest.mark.parametrize("stem", ["deploy_a0", "deploy_a0_keepmem", "deploy_b1", "repvgg_vs_resnet_cpu"])
 def test_the_benchmark_page_shows_the_committed_reports(stem):
     """docs/benchmarks.md's block of each deploy report is that report's markdown (benchmarks/deploy_docs.py
     writes it from the JSON) and names the machine; the command that wrote the JSON is on the page."""
@@ -279,3 +280,12 @@ def test_the_repvgg_vs_resnet_table_carries_the_papers_figures():
     assert "| RepVGG-A2 vs ResNet-50 | 1.83x | 1.90x |" in text and "| RepVGG-B1g4 vs ResNet-101 | 2.01x | 2.20x |" in text
     assert "| ResNet-50 | - | 10.0 | 1.00x | 722* | 1.00x* |" in text
     assert "| RepVGG-A2 | - | 19.0 | 1.90x | 1322 | 1.83x |" in text
+
+
+def test_the_report_names_the_allocator_settings(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("MALLOC_") or k == "LD_PRELOAD"]:
+        monkeypatch.delenv(key)
+    assert deploy.allocator_settings() == "glibc defaults"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4294967296")
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    assert deploy.allocator_settings() == "MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=4294967296"
