@@ -11,7 +11,7 @@ The two dtypes alternate within each round (the machine's speed drifts); the fig
 per-round ratios.
 
 With ``--deploy-json`` (a ``repzoo bench --runtimes`` report) each path's images/s at its largest batch is
-turned into GMAC/s (the model's multiply-accumulates per image, counted on its convs and linears) and shown
+turned into GMAC/s (the model's multiply-accumulates per image, ``repzoo.catalog.count_macs``) and shown
 as a fraction of the ceiling of its dtype: a path at its ceiling cannot be made much faster in PyTorch.
 """
 from __future__ import annotations
@@ -37,28 +37,6 @@ def conv_rate(x, w, repeats: int) -> float:
         times.append(time.perf_counter() - t)
     n, c, h, wd = x.shape
     return n * h * wd * c * w.shape[0] * 9 / statistics.median(times)
-
-
-def macs_per_image(model_name: str, image_size: int) -> int:
-    """Multiply-accumulates of one image through the deploy form's convs and linears (forward hooks)."""
-    import torch
-
-    import repzoo
-
-    model = repzoo.create_model(model_name, deploy=True).eval()
-    total = [0]
-
-    def count(mod, inputs, out):
-        if isinstance(mod, torch.nn.Conv2d):
-            total[0] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, torch.nn.Linear):
-            total[0] += out.numel() * mod.in_features
-
-    for mod in model.modules():
-        mod.register_forward_hook(count)
-    with torch.inference_mode():
-        model(torch.zeros(1, 3, image_size, image_size))
-    return total[0]
 
 
 def main(argv=None) -> int:
@@ -88,7 +66,6 @@ def main(argv=None) -> int:
                 rates[dtype].append(conv_rate(*((x, w) if dtype == "fp32" else (xb, wb)), args.repeats))
     ratios = [h / f for h, f in zip(rates["bf16"], rates["fp32"])]
     m = machine("cpu")
-    macs = {}
     report = dict(machine=m, conv=dict(channels=args.channels, spatial=args.spatial, batch=args.batch_size),
                   rounds=args.rounds,
                   gmacs={k: statistics.median(v) / 1e9 for k, v in rates.items()},
@@ -100,6 +77,7 @@ def main(argv=None) -> int:
           f"GMAC/s, bf16 {report['gmacs']['bf16']:.0f} GMAC/s; bf16 / fp32 {report['ratio']:.2f}x (rounds "
           f"{min(ratios):.2f} to {max(ratios):.2f})")
     if args.deploy_json:
+        from repzoo.catalog import count_macs
         from repzoo.deploy import KIND
 
         deploy = json.loads(Path(args.deploy_json).read_text())
@@ -109,14 +87,12 @@ def main(argv=None) -> int:
             if not per_batch:
                 continue
             batch = max(per_batch, key=int)
-            key = (row["model"], row["image_size"])
-            if key not in macs:
-                macs[key] = macs_per_image(*key)
-            gmacs = per_batch[batch]["images_per_s"] * macs[key] / 1e9
-            ceiling = report["gmacs"]["bf16" if KIND.get(row["runtime"]) == "bf16" else "fp32"]
+            macs = count_macs(row["model"], input_size=(3, row["image_size"], row["image_size"]))  # cached
+            gmacs = per_batch[batch]["images_per_s"] * macs / 1e9
+            kind = KIND.get(row["runtime"], "fp32")
+            ceiling = report["gmacs"]["bf16" if kind == "bf16" else "fp32"]
             report["paths"].append(dict(model=row["model"], runtime=row["runtime"], batch=int(batch), gmacs=gmacs,
                                         of_ceiling=gmacs / ceiling))
-            kind = KIND.get(row["runtime"], "fp32")
             against = (f"{gmacs / ceiling:.1f} times the fp32 ceiling" if kind == "int8" else
                        f"{gmacs / ceiling:.0%} of the {kind} ceiling")
             print(f"  {row['model']} {row['runtime']} at batch {batch}: {gmacs:.0f} GMAC/s, {against}")

@@ -94,28 +94,22 @@ def loader_cpu_seconds_per_batch(args, data: Path, batches: int = 10) -> float:
 
 
 class BareLoop:
-    """The same model, optimizer (the recipe's groups and learning rate) and loss, on tensors in memory: built
-    once and warmed up; `run` times one pass of ``steps`` steps (images/s) and keeps its CPU s per step."""
+    """The same model, optimizer (the real loop's `build_optimizer`, at its learning rate) and loss, on tensors
+    in memory: built once and warmed up; `run` times one pass of ``steps`` steps (images/s) and keeps its CPU s
+    per step."""
 
     def __init__(self, args, images, labels, num_classes: int, steps: int):
         import torch
 
         import repzoo
-        from repzoo.train.loop import decay_groups
+        from repzoo.train.loop import build_optimizer
         from repzoo.train.recipes import default_recipe, get_recipe
 
         dev = torch.device(args.device)
         rec = get_recipe(default_recipe(args.model))
         torch.manual_seed(0)
         self.model = repzoo.create_model(args.model, num_classes=num_classes).to(dev).train()
-        lr = rec.lr * args.batch_size / rec.base_batch
-        if "RepOpt" in self.model.__class__.__name__ or getattr(self.model, "mode", None) == "target":
-            from repzoo.optim import create_repoptimizer
-
-            self.opt = create_repoptimizer(self.model, args.model, rec.optimizer, weight_decay=rec.weight_decay,
-                                           lr=lr)
-        else:
-            self.opt = torch.optim.SGD(decay_groups(self.model, rec), lr=lr, momentum=0.9, nesterov=True)
+        self.opt = build_optimizer(self.model, args.model, rec, rec.lr * args.batch_size / rec.base_batch)
         self.criterion = torch.nn.CrossEntropyLoss()
         self.batches = [(images[i:i + args.batch_size].to(dev), labels[i:i + args.batch_size].to(dev))
                         for i in range(0, steps * args.batch_size, args.batch_size)]

@@ -74,8 +74,7 @@ RUNTIMES = ("eager", "channels_last", "compile", "bf16", "compile-bf16", "int8",
             "openvino")
 #: each path's numerical kind
 KIND = {"eager": "fp32", "channels_last": "fp32", "compile": "fp32", "bf16": "bf16", "compile-bf16": "bf16",
-        "int8": "int8",
-        "onnxruntime": "fp32", "onnxruntime-int8": "int8", "openvino": "fp32"}
+        "int8": "int8", "onnxruntime": "fp32", "onnxruntime-int8": "int8", "openvino": "fp32"}
 #: the top-1 agreement with fp32 eager a path of each kind needs to pass
 MIN_AGREEMENT = {"fp32": 0.99, "bf16": 0.99, "int8": 0.98}
 #: the largest relative logit difference an fp32 path may have
@@ -203,17 +202,18 @@ def build_path(name: str, model: nn.Module, *, example: torch.Tensor, calibratio
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
         return _no_grad(lambda x: cl(x.contiguous(memory_format=torch.channels_last)))
     if name in ("compile", "bf16", "compile-bf16"):
-        import torch._inductor.config as inductor_config
-
-        compiled, bf16 = name != "bf16", name != "compile"
+        bf16 = name != "compile"
         layout = torch.channels_last if bf16 else torch.contiguous_format  # inductor picks its own layout
         net = copy.deepcopy(model).to(memory_format=layout)
-        if compiled:
+        freezing = contextlib.nullcontext
+        if name != "bf16":
+            import torch._inductor.config as inductor_config
+
             net = torch.compile(net, backend="inductor", dynamic=False)  # compiled at the first call
+            freezing = lambda: inductor_config.patch(freezing=True)  # noqa: E731
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            with inductor_config.patch(freezing=compiled), torch.inference_mode(), \
-                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with freezing(), torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 return net(x.contiguous(memory_format=layout)).float()
 
         return run

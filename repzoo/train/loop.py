@@ -22,7 +22,29 @@ from .data import (BatchPrep, EpochSampler, ImageFolderDataset, cache_fits, clas
                    train_transform)
 from .recipes import Recipe, default_recipe, get_recipe
 
-__all__ = ["train", "decay_groups"]
+__all__ = ["train", "decay_groups", "uses_repoptimizer", "build_optimizer"]
+
+
+def uses_repoptimizer(net, name: str) -> bool:
+    """Whether ``net`` (the registered model ``name``) trains with a RepOptimizer: a RepOpt target model (not its
+    Hyper-Search or CSLA form)."""
+    return getattr(net, "mode", None) == "target" or ("RepOpt" in name and not name.endswith(("-hs", "-csla")))
+
+
+def build_optimizer(net, name: str, recipe: Recipe, lr: float, *, scales=None, reinit: bool = True):
+    """The recipe's optimizer for ``net`` at learning rate ``lr``: a RepOptimizer built from ``scales`` (default
+    the released scales of ``name``; ``reinit`` as the authors re-initialize) for a RepOpt target, else AdamW or
+    SGD (momentum 0.9, nesterov) over the recipe's weight-decay groups."""
+    import torch
+
+    if uses_repoptimizer(net, name):
+        from ..optim import create_repoptimizer
+
+        return create_repoptimizer(net, scales or name, recipe.optimizer, reinit=reinit,
+                                   weight_decay=recipe.weight_decay, lr=lr)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(decay_groups(net, recipe), lr=lr, eps=1e-8, betas=(0.9, 0.999))
+    return torch.optim.SGD(decay_groups(net, recipe), lr=lr, momentum=0.9, nesterov=True)
 
 
 def decay_groups(model, recipe: Recipe) -> List[dict]:
@@ -177,7 +199,7 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
     from timm.utils import ModelEmaV3
 
     from ..factory import create_model
-    from ..optim import create_repoptimizer, extract_scales, save_scales
+    from ..optim import extract_scales, save_scales
     from ..registry import get_model_entry
     from ..reparam import reparameterize
     from ..weights.checkpoint import save_state_dict
@@ -204,8 +226,7 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
     torch.manual_seed(seed)
     net = create_model(name, num_classes=num_classes, pretrained=pretrained,
                        **({"checkpoint_path": checkpoint} if checkpoint else {}))
-    repopt = getattr(net, "mode", None) == "target" or "RepOpt" in name and not is_hs and not name.endswith("-csla")
-    scale_source = scales or (name if repopt else None)
+    repopt = uses_repoptimizer(net, name)
     last = output / "last.pth"
     state = None
     if resume and last.exists():  # every process reads it (on several machines, --output is a shared folder)
@@ -220,13 +241,7 @@ def _train(engine, model, data, output, *, recipe, epochs, lr, batch_size, image
     if engine.fsdp:
         engine.wrap(net)  # sharded in place; the optimizer comes after (its multipliers are sharded alike)
     scale = batch_size * engine.world / rec.base_batch  # the learning rate follows the global batch
-    if repopt:
-        opt = create_repoptimizer(net, scale_source, rec.optimizer, reinit=not (pretrained or checkpoint or state),
-                                  weight_decay=rec.weight_decay, lr=rec.lr * scale)
-    elif rec.optimizer == "adamw":
-        opt = torch.optim.AdamW(decay_groups(net, rec), lr=rec.lr * scale, eps=1e-8, betas=(0.9, 0.999))
-    else:
-        opt = torch.optim.SGD(decay_groups(net, rec), lr=rec.lr * scale, momentum=0.9, nesterov=True)
+    opt = build_optimizer(net, name, rec, rec.lr * scale, scales=scales, reinit=not (pretrained or checkpoint or state))
     mixup_on = rec.mixup > 0 or rec.cutmix > 0
     cfg = resolve_data_config({}, model=template)
     size = image_size or cfg["input_size"][-1]
